@@ -1,0 +1,1 @@
+"""On-box runtime: install, rollback, status, watch-folder daemon, audit log, metrics."""

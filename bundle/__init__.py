@@ -1,0 +1,1 @@
+"""Build and sign bundles on a connected host."""

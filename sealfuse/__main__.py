@@ -1,0 +1,5 @@
+"""`python -m sealfuse` runs the CLI."""
+
+from sealfuse.cli import main
+
+main()

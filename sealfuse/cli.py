@@ -1,0 +1,72 @@
+"""The `sealfuse` console command.
+
+Each package owns its subcommands; they are imported only when invoked, so that
+`sealfuse verify` runs on a workstation that has only the verifier's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from sealfuse import __version__
+
+# command name -> "module:attribute" of a click command or group
+COMMANDS: dict[str, tuple[str, str]] = {
+    "swap": ("sealfuse.engine.cli:swap", "Swap faces in an image or video."),
+    "verify": ("sealfuse.verifier.cli:verify", "Verify a bundle offline against a trust file."),
+    "keygen": ("sealfuse.verifier.cli:keygen", "Create an Ed25519 signing key pair."),
+    "trust": ("sealfuse.verifier.cli:trust", "Create, sign and rotate trust files."),
+    "bundle": ("sealfuse.bundle.cli:bundle", "Build, sign and inspect bundles (build host)."),
+    "install": ("sealfuse.appliance.cli:install", "Install a verified bundle as a new release."),
+    "rollback": ("sealfuse.appliance.cli:rollback", "Return to the previous release."),
+    "uninstall": ("sealfuse.appliance.cli:uninstall", "Remove sealfuse from this machine."),
+    "status": ("sealfuse.appliance.cli:status", "Show release, service and queue state."),
+    "doctor": ("sealfuse.appliance.cli:doctor", "Check providers, models, units and clock."),
+    "watch": ("sealfuse.appliance.cli:watch", "Run the watch-folder daemon."),
+    "audit": ("sealfuse.appliance.cli:audit", "Verify the hash-chained audit log."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, short_help = COMMANDS[name]
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            missing = exc.name or str(exc)
+            return _unavailable(name, short_help, missing)
+        command = getattr(module, attr, None)
+        if command is None:
+            return _unavailable(name, short_help, f"{module_name}.{attr}")
+        return command
+
+
+def _unavailable(name: str, short_help: str, missing: str) -> click.Command:
+    @click.command(name=name, short_help=f"{short_help} (unavailable: needs {missing})")
+    def _cmd() -> None:
+        raise click.ClickException(
+            f"'sealfuse {name}' needs '{missing}', which this installation lacks. "
+            "Install sealfuse with the engine extra (pip install 'sealfuse[all]')."
+        )
+
+    return _cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="sealfuse")
+def main() -> None:
+    """sealfuse: an air-gapped face-swap appliance.
+
+    Build and sign bundles on a connected host, verify and install them offline,
+    and swap faces in a hardened watch-folder service.
+    """

@@ -1,0 +1,1 @@
+"""Offline bundle verification: manifest, canonical JSON, hashes, signatures, trust policy. Never imports numpy, cv2 or onnxruntime."""
