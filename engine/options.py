@@ -1,0 +1,64 @@
+"""The swap options: one immutable object passed down the pipeline (no global state)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+FRAME_PROCESSORS = ("face_swapper", "face_enhancer")
+MASK_TYPES = ("box", "ellipse", "region")
+SELECTOR_MODES = ("many", "one", "reference")
+EXECUTION_PROVIDERS = ("cuda", "tensorrt", "cpu")
+VIDEO_ENCODERS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc")
+
+
+def default_models_dir() -> Path:
+    """$SEALFUSE_MODELS_DIR, else the installed release's models, else the user's data dir."""
+    env = os.environ.get("SEALFUSE_MODELS_DIR")
+    if env:
+        return Path(env)
+    appliance = Path("/opt/sealfuse/current/models")
+    if appliance.is_dir():
+        return appliance
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local/share")
+    return data / "sealfuse" / "models"
+
+
+@dataclass(frozen=True)
+class SwapOptions:
+    frame_processors: tuple[str, ...] = ("face_swapper",)
+    # "auto": inswapper_128 when its file is in the models directory, else classic.
+    face_swapper_model: str = "auto"
+    face_enhancer_model: str = "gfpgan_1.4"
+    face_enhancer_blend: float = 0.8
+    face_recognizer_model: str = "arcface_w600k_r50"
+    # "auto": SCRFD det_10g when present, else the starter MTCNN.
+    face_detector_model: str = "auto"
+    face_detector_score: float = 0.6
+    blend_ratio: float = 1.0
+    face_mask_types: tuple[str, ...] = ("box",)
+    face_mask_blur: float = 0.3
+    # top, right, bottom, left, in percent of the aligned crop
+    face_mask_padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    face_selector_mode: str = "many"
+    reference_face_image: Path | None = None
+    reference_face_distance: float = 0.6
+    execution_providers: tuple[str, ...] = ("cuda", "cpu")
+    execution_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_memory_gb: float | None = None
+    models_dir: Path = field(default_factory=default_models_dir)
+    # Decompression-bomb guard: images and video frames above this many pixels are refused.
+    max_pixels: int = 40_000_000
+    # video
+    detect_every: int = 3
+    output_video_encoder: str = "libx264"
+    output_video_quality: int = 80
+    output_video_preset: str = "veryfast"
+    trim_frame_start: int | None = None
+    trim_frame_end: int | None = None
+    max_frames: int = 1_000_000
+
+    def with_(self, **changes: Any) -> SwapOptions:
+        return replace(self, **changes)
