@@ -24,8 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uninstall": ("sealfuse.appliance.cli:uninstall", "Remove sealfuse from this machine."),
     "status": ("sealfuse.appliance.cli:status", "Show release, service and queue state."),
     "doctor": ("sealfuse.appliance.cli:doctor", "Check providers, models, units and clock."),
-    "watch": ("sealfuse.appliance.cli:watch", "Run the watch-folder daemon."),
-    "audit": ("sealfuse.appliance.cli:audit", "Verify the hash-chained audit log."),
+    "watch": ("sealfuse.appliance.watch_cli:watch", "Run the watch-folder daemon."),
+    "audit": ("sealfuse.appliance.audit:audit", "Verify the hash-chained audit log."),
 }
 
 
