@@ -15,6 +15,7 @@ from sealfuse import __version__
 # command name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, tuple[str, str]] = {
     "swap": ("sealfuse.engine.cli:swap", "Swap faces in an image or video."),
+    "models": ("sealfuse.engine.cli:models", "List the model catalog; pin model files."),
     "verify": ("sealfuse.verifier.cli:verify", "Verify a bundle offline against a trust file."),
     "keygen": ("sealfuse.verifier.cli:keygen", "Create an Ed25519 signing key pair."),
     "trust": ("sealfuse.verifier.cli:trust", "Create, sign and rotate trust files."),

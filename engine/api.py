@@ -1,0 +1,117 @@
+"""The engine's entry point for the CLI and the watch-folder worker.
+
+`Engine` creates (and sha256-checks) the sessions its options need once; `swap_file` runs one
+job on an image or a video and writes the output atomically.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sealfuse.engine.errors import ConfigError, NoFaceInTargetError, NoReferenceMatchError
+from sealfuse.engine.imageio import IMAGE_EXTS, check_output_path, read_image, write_image
+from sealfuse.engine.options import SwapOptions
+from sealfuse.engine.pipeline import Models, Pipeline, make_registry
+
+SUPPORTED_IMAGE_EXTS = tuple(IMAGE_EXTS)
+SUPPORTED_VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
+Progress = Callable[[dict[str, Any]], None]
+
+
+def is_video(path: Path) -> bool:
+    return Path(path).suffix.lower() in SUPPORTED_VIDEO_EXTS
+
+
+class Engine:
+    """Models loaded once; many jobs."""
+
+    def __init__(self, options: SwapOptions | None = None) -> None:
+        self.options = options or SwapOptions()
+        self.registry = make_registry(self.options)
+        self._models: dict[tuple[Any, ...], Models] = {}
+        self._lock = threading.Lock()
+        self.models_for(self.options).load_all()
+
+    def models_for(self, options: SwapOptions) -> Models:
+        key = (options.face_detector_model, options.face_swapper_model, options.face_recognizer_model,
+               options.face_enhancer_model if "face_enhancer" in options.frame_processors else None,
+               "region" in options.face_mask_types, options.face_selector_mode == "reference",
+               options.face_detector_score)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = Models(options, self.registry)
+            return self._models[key]
+
+    def swap_file(self, source: Path, target: Path, output: Path, options: SwapOptions | None = None, *,
+                  progress: Progress | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
+        opts = options or self.options
+        if opts.models_dir != self.options.models_dir or opts.execution_providers != self.options.execution_providers:
+            opts = replace(opts, models_dir=self.options.models_dir,
+                           execution_providers=self.options.execution_providers)
+        return swap_file(Path(source), Path(target), Path(output), opts, models=self.models_for(opts),
+                         progress=progress, cancel=cancel)
+
+
+def swap_file(source: Path, target: Path, output: Path, options: SwapOptions, *,
+              models: Models | None = None, progress: Progress | None = None,
+              cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Swap faces from `source` into the image or video `target`, writing `output` atomically."""
+    t_start = time.perf_counter()
+    video = is_video(target)
+    if video != is_video(output):
+        raise ConfigError(f"output {output.name} must be a {'video' if video else 'image'} like the target",
+                          target=target, output=output)
+    if video:
+        from sealfuse.engine.video import VIDEO_EXTS as allowed_video
+
+        check_output_path(output, {e: e for e in allowed_video})
+    else:
+        check_output_path(output)
+    pipeline = Pipeline(options, source, models=models)
+    if video:
+        from sealfuse.engine.video import swap_video
+
+        report = swap_video(pipeline, target, output, progress=progress, cancel=cancel)
+        report.setdefault("kind", "video")
+    else:
+        report = swap_image(pipeline, target, output)
+    report.update({
+        "source": str(source), "target": str(target), "output": str(output),
+        **pipeline.describe(),
+        "timings_ms": {**report.get("timings_ms", {}), **pipeline.timer.as_dict(),
+                       "total": round((time.perf_counter() - t_start) * 1000, 2)},
+        "warnings": pipeline.warnings + report.get("warnings", []),
+    })
+    return report
+
+
+def swap_image(pipeline: Pipeline, target: Path, output: Path) -> dict[str, Any]:
+    timer = pipeline.timer
+    with timer.stage("decode"):
+        frame = read_image(target, max_pixels=pipeline.options.max_pixels)
+    faces = pipeline.detect(frame)
+    if not faces:
+        raise NoFaceInTargetError(f"no face found in the target image {target}", target=target)
+    selected = pipeline.select(faces, frame)
+    if not selected:
+        raise NoReferenceMatchError(
+            f"no face in {target} is within distance {pipeline.options.reference_face_distance} of the reference face",
+            target=target, distances=pipeline.reference_distances(faces))
+    out = pipeline.render(frame, selected)
+    with timer.stage("encode"):
+        written = write_image(output, out)
+    return {
+        "kind": "image",
+        "width": int(frame.shape[1]), "height": int(frame.shape[0]),
+        "faces": [dict(f.to_dict(), selected=any(f is s or np_equal(f, s) for s in selected)) for f in faces],
+        "bytes_written": written,
+    }
+
+
+def np_equal(a: Any, b: Any) -> bool:
+    return bool((a.bbox == b.bbox).all())

@@ -1,0 +1,207 @@
+"""`sealfuse swap` and `sealfuse models`: the engine's command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from sealfuse.engine.errors import EXIT_CODES, EngineError
+from sealfuse.engine.options import (
+    EXECUTION_PROVIDERS,
+    FRAME_PROCESSORS,
+    MASK_TYPES,
+    SELECTOR_MODES,
+    VIDEO_ENCODERS,
+    SwapOptions,
+    default_models_dir,
+)
+from sealfuse.engine.registry import CATALOG
+
+D = SwapOptions()
+EXIT_HELP = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+
+
+def _csv(choices: tuple[str, ...]) -> Any:
+    def convert(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        items = tuple(v.strip() for v in value.split(",") if v.strip())
+        bad = [v for v in items if v not in choices]
+        if bad or not items:
+            raise click.BadParameter(f"{value!r}: choose a comma list of {', '.join(choices)}", param=param)
+        return items
+    return convert
+
+
+def _padding(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int, int]:
+    try:
+        vals = [int(v) for v in value.replace(",", " ").split()]
+    except ValueError:
+        raise click.BadParameter("give 1, 2 or 4 integers (percent)", param=param) from None
+    if len(vals) == 1:
+        vals = vals * 4
+    elif len(vals) == 2:
+        vals = [vals[0], vals[1], vals[0], vals[1]]
+    if len(vals) != 4 or any(not 0 <= v <= 100 for v in vals):
+        raise click.BadParameter("give 1, 2 or 4 integers within 0..100", param=param)
+    return vals[0], vals[1], vals[2], vals[3]
+
+
+SWAPPERS = ["auto", "classic"] + sorted(n for n, s in CATALOG.items() if s.family == "inswapper")
+ENHANCERS = sorted(n for n, s in CATALOG.items() if s.family == "gfpgan")
+DETECTORS = ["auto", "mtcnn"] + sorted(n for n, s in CATALOG.items() if s.family == "scrfd")
+RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
+
+
+@click.command(epilog=f"Exit codes:\n\n{EXIT_HELP}", context_settings={"max_content_width": 100})
+@click.option("-s", "--source", required=True, type=click.Path(path_type=Path),
+              help="Image with the face to put in (the largest face is used if it has several).")
+@click.option("-t", "--target", required=True, type=click.Path(path_type=Path),
+              help="Image (jpg, png, webp) or video (mp4, mov, mkv, webm) to change.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Where to write the result (same kind as the target); written atomically.")
+@click.option("--frame-processors", default="face_swapper", show_default=True,
+              callback=_csv(FRAME_PROCESSORS), help="Comma list: face_swapper[,face_enhancer].")
+@click.option("--face-swapper-model", type=click.Choice(SWAPPERS), default=D.face_swapper_model, show_default=True,
+              help="auto = inswapper_128 when its file is in the models directory, else classic. "
+                   "classic is DEMO GRADE (alignment, colour transfer, feathered blend on the starter "
+                   "models only); the learned inswapper family is the product and needs an ArcFace recognizer.")
+@click.option("--face-enhancer-model", type=click.Choice(ENHANCERS), default=D.face_enhancer_model, show_default=True)
+@click.option("--face-enhancer-blend", type=click.FloatRange(0, 1), default=D.face_enhancer_blend, show_default=True)
+@click.option("--face-detector-model", type=click.Choice(DETECTORS), default=D.face_detector_model, show_default=True,
+              help="auto = scrfd_10g when present, else the starter MTCNN.")
+@click.option("--face-detector-score", type=click.FloatRange(0, 1), default=D.face_detector_score, show_default=True)
+@click.option("--face-recognizer-model", type=click.Choice(RECOGNIZERS), default=D.face_recognizer_model,
+              show_default=True, help="Needed by the inswapper family and by reference selection.")
+@click.option("--blend-ratio", type=click.FloatRange(0, 1), default=D.blend_ratio, show_default=True,
+              help="0 leaves the target unchanged, 1 shows the swapped face fully inside the mask.")
+@click.option("--face-mask-types", default=",".join(D.face_mask_types), show_default=True,
+              callback=_csv(MASK_TYPES), help="Comma list of box, ellipse, region (region needs bisenet_resnet_34).")
+@click.option("--face-mask-blur", type=click.FloatRange(0, 1), default=D.face_mask_blur, show_default=True)
+@click.option("--face-mask-padding", default="0,0,0,0", show_default=True, callback=_padding,
+              help="Percent of the crop cut from top,right,bottom,left (1, 2 or 4 values).")
+@click.option("--face-selector-mode", type=click.Choice(SELECTOR_MODES), default=D.face_selector_mode, show_default=True,
+              help="many = every face; one = the largest; reference = faces close to --reference-face-image.")
+@click.option("--reference-face-image", type=click.Path(path_type=Path), default=None)
+@click.option("--reference-face-distance", type=click.FloatRange(0, 2), default=D.reference_face_distance,
+              show_default=True, help="Cosine distance below which a face matches the reference.")
+@click.option("--execution-providers", default=",".join(D.execution_providers), show_default=True,
+              callback=_csv(EXECUTION_PROVIDERS),
+              help="Priority list of cuda, tensorrt, cpu. Missing accelerators fall back to CPU with a warning.")
+@click.option("--execution-threads", type=click.IntRange(1, 256), default=D.execution_threads, show_default=True)
+@click.option("--max-memory", "max_memory_gb", type=click.FloatRange(min=0.1), default=None,
+              help="GPU memory limit in GB for the CUDA/TensorRT arena (gpu_mem_limit). Default: no limit.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help=f"Directory of operator-supplied models and models.lock.json. Default: $SEALFUSE_MODELS_DIR, "
+                   f"else /opt/sealfuse/current/models, else ~/.local/share/sealfuse/models (now: {default_models_dir()}).")
+@click.option("--max-pixels", type=click.IntRange(1), default=D.max_pixels, show_default=True,
+              help="Refuse images and video frames with more pixels (decompression-bomb guard).")
+@click.option("--detect-every", type=click.IntRange(1), default=D.detect_every, show_default=True,
+              help="Video: detect faces every N frames and track landmarks in between.")
+@click.option("--output-video-encoder", type=click.Choice(VIDEO_ENCODERS), default=D.output_video_encoder, show_default=True)
+@click.option("--output-video-quality", type=click.IntRange(0, 100), default=D.output_video_quality, show_default=True)
+@click.option("--output-video-preset", default=D.output_video_preset, show_default=True)
+@click.option("--trim-frame-start", type=click.IntRange(0), default=None)
+@click.option("--trim-frame-end", type=click.IntRange(1), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (or error) on stdout.")
+def swap(source: Path, target: Path, output: Path, as_json: bool, max_memory_gb: float | None,
+         models_dir: Path | None, **kw: Any) -> None:
+    """Swap the face from SOURCE into every selected face of TARGET.
+
+    Runs fully offline on ONNX Runtime; never downloads a model. Models are checked against their
+    sha256 pins before any session is created.
+    """
+    options = SwapOptions(max_memory_gb=max_memory_gb, models_dir=models_dir or default_models_dir(), **kw)
+    cancel = threading.Event()
+    progress = None
+    if Path(target).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm"):
+        try:
+            from sealfuse.engine.video import progress_printer
+
+            progress = progress_printer(json=as_json)
+        except ImportError:
+            progress = None
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        cancel.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    from sealfuse.engine.api import swap_file
+
+    try:
+        report = swap_file(source, target, output, options, progress=progress, cancel=cancel)
+    except EngineError as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2))
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        cancel.set()
+        click.echo("interrupted: no output written", err=True)
+        sys.exit(130)
+    for w in report.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    if as_json:
+        click.echo(json.dumps({"ok": True, **report}, indent=2, default=str))
+    else:
+        n = sum(1 for f in report.get("faces", []) if f.get("selected"))
+        what = f"{report.get('frames', 0)} frames" if report.get("kind") == "video" else f"{n} face(s) swapped"
+        click.echo(f"{output}: {what} with {report['swapper']} in {report['timings_ms']['total'] / 1000:.2f}s")
+
+
+@click.group()
+def models() -> None:
+    """List the model catalog, and pin model files in a models directory."""
+
+
+@models.command("list")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def list_models(models_dir: Path | None, as_json: bool) -> None:
+    """Show every known model, its licence, and whether it is present and pinned."""
+    from sealfuse.engine.registry import read_lock
+
+    mdir = models_dir or default_models_dir()
+    lock = read_lock(mdir) if mdir.is_dir() else {}
+    rows = []
+    for spec in CATALOG.values():
+        path = mdir / spec.file if not spec.packaged else None
+        rows.append({"name": spec.name, "family": spec.family, "file": spec.file, "licence": spec.licence,
+                     "present": spec.packaged or bool(path and path.is_file()),
+                     "pinned": bool(spec.sha256) or spec.file in lock})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state = "present" if r["present"] else "missing"
+        state += ", pinned" if r["pinned"] else ""
+        click.echo(f"{r['name']:<22} {r['family']:<11} {state:<17} {r['licence']}")
+
+
+@models.command("pin")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None)
+@click.argument("names", nargs=-1, required=True)
+def pin(models_dir: Path | None, names: tuple[str, ...]) -> None:
+    """Record the sha256 of model files in MODELS_DIR/models.lock.json (development machines).
+
+    On an appliance the installer writes this file from the signed bundle manifest.
+    """
+    from sealfuse.engine.registry import ModelRegistry, read_lock, sha256_file, write_lock
+
+    mdir = models_dir or default_models_dir()
+    entries = read_lock(mdir)
+    for name in names:
+        spec = ModelRegistry.spec(name)
+        path = mdir / spec.file
+        if spec.packaged or not path.is_file():
+            raise click.ClickException(f"{name}: no file {path} to pin")
+        entries[spec.file] = {"name": name, "file": spec.file, "sha256": sha256_file(path),
+                              "size": path.stat().st_size, "licence": spec.licence}
+        click.echo(f"pinned {spec.file} {entries[spec.file]['sha256']}")
+    write_lock(mdir, entries.values())

@@ -1,0 +1,302 @@
+"""The face pipeline: detect -> select -> align -> swap -> mask -> blend (-> enhance).
+
+One `Pipeline` per job holds the source face; sessions come from a shared `ModelRegistry`, so a
+warm daemon loads each model once. `detect`, `select` and `render` are safe to call from several
+threads at once (ONNX Runtime sessions are, and per-call state stays on the stack).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sealfuse.engine import masks as masklib
+from sealfuse.engine.errors import (
+    ConfigError,
+    ModelMissingError,
+    NoFaceInSourceError,
+)
+from sealfuse.engine.face import Face
+from sealfuse.engine.families import (
+    ArcFaceFamily,
+    ClassicSwapper,
+    GFPGANFamily,
+    InswapperFamily,
+    MTCNNFamily,
+    SCRFDFamily,
+)
+from sealfuse.engine.imageio import read_image
+from sealfuse.engine.options import FRAME_PROCESSORS, MASK_TYPES, SELECTOR_MODES, SwapOptions
+from sealfuse.engine.providers import resolve_providers
+from sealfuse.engine.registry import CATALOG, ModelRegistry
+from sealfuse.engine.warp import paste_back
+
+
+class StageTimer:
+    """Milliseconds spent per stage, summed over calls (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._ms: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = (time.perf_counter() - t0) * 1000.0
+            with self._lock:
+                self._ms[name] += dt
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 2) for k, v in self._ms.items()}
+
+
+def validate(options: SwapOptions) -> None:
+    bad = [p for p in options.frame_processors if p not in FRAME_PROCESSORS]
+    if bad or not options.frame_processors:
+        raise ConfigError(f"unknown frame processor {bad}; choose from {', '.join(FRAME_PROCESSORS)}")
+    bad = [m for m in options.face_mask_types if m not in MASK_TYPES]
+    if bad or not options.face_mask_types:
+        raise ConfigError(f"unknown face mask type {bad}; choose from {', '.join(MASK_TYPES)}")
+    if options.face_selector_mode not in SELECTOR_MODES:
+        raise ConfigError(f"unknown face selector mode {options.face_selector_mode!r}")
+    if not 0.0 <= options.blend_ratio <= 1.0:
+        raise ConfigError("--blend-ratio must be within 0..1", blend_ratio=options.blend_ratio)
+    if not 0.0 <= options.face_mask_blur <= 1.0:
+        raise ConfigError("--face-mask-blur must be within 0..1", face_mask_blur=options.face_mask_blur)
+    if len(options.face_mask_padding) != 4 or any(not 0 <= p <= 100 for p in options.face_mask_padding):
+        raise ConfigError("--face-mask-padding takes 1, 2 or 4 percentages within 0..100")
+    if options.face_selector_mode == "reference" and options.reference_face_image is None:
+        raise ConfigError("--face-selector-mode reference needs --reference-face-image")
+    if options.detect_every < 1:
+        raise ConfigError("--detect-every must be at least 1")
+
+
+def make_registry(options: SwapOptions) -> ModelRegistry:
+    providers = resolve_providers(options.execution_providers, max_memory_gb=options.max_memory_gb,
+                                  threads=options.execution_threads)
+    return ModelRegistry(options.models_dir, providers)
+
+
+class Models:
+    """Resolves which models an options object needs and builds their family objects (cached)."""
+
+    def __init__(self, options: SwapOptions, registry: ModelRegistry) -> None:
+        validate(options)
+        self.options = options
+        self.registry = registry
+        o = options
+        self.detector_name = o.face_detector_model
+        if self.detector_name == "auto":
+            self.detector_name = "scrfd_10g" if registry.present("scrfd_10g") else "mtcnn"
+        self.swapper_name = o.face_swapper_model
+        if self.swapper_name == "auto":
+            self.swapper_name = "inswapper_128" if registry.present("inswapper_128") else "classic"
+        if self.swapper_name != "classic":
+            self._family(self.swapper_name, "inswapper", "--face-swapper-model")
+        need_recognizer = self.swapper_name != "classic" or o.face_selector_mode == "reference"
+        self.recognizer_name = o.face_recognizer_model if need_recognizer else None
+        if self.recognizer_name:
+            self._family(self.recognizer_name, "arcface", "--face-recognizer-model")
+            if not registry.present(self.recognizer_name):
+                why = ("the inswapper family" if self.swapper_name != "classic" else "--face-selector-mode reference")
+                spec = CATALOG[self.recognizer_name]
+                raise ModelMissingError(
+                    f"{why} needs a face recognizer: model {self.recognizer_name} ({spec.file}) is missing "
+                    f"from {registry.models_dir}; add it to the bundle (sealfuse bundle build --models DIR)",
+                    model=self.recognizer_name, file=registry.path_of(spec))
+        self.enhancer_name = o.face_enhancer_model if "face_enhancer" in o.frame_processors else None
+        if self.enhancer_name:
+            self._family(self.enhancer_name, "gfpgan", "--face-enhancer-model")
+        self.parser_name = "bisenet_resnet_34" if "region" in o.face_mask_types else None
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _family(name: str, family: str, flag: str) -> None:
+        spec = ModelRegistry.spec(name)
+        if spec.family != family:
+            raise ConfigError(f"{flag} {name} is a {spec.family} model, not {family}")
+
+    def _get(self, key: str, build: Any) -> Any:
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = build()
+            return self._cache[key]
+
+    def detector(self) -> MTCNNFamily | SCRFDFamily:
+        r = self.registry
+        if self.detector_name == "mtcnn":
+            return self._get("det", lambda: MTCNNFamily(r.session("mtcnn_pnet"), r.session("mtcnn_rnet"),
+                                                         r.session("mtcnn_onet"), self.options.face_detector_score))
+        self._family(self.detector_name, "scrfd", "--face-detector-model")
+        return self._get("det", lambda: SCRFDFamily(r.resolve(self.detector_name).path,
+                                                     r.session(self.detector_name), self.options.face_detector_score))
+
+    def recognizer(self) -> ArcFaceFamily | None:
+        if not self.recognizer_name:
+            return None
+        r, n = self.registry, self.recognizer_name
+        return self._get("rec", lambda: ArcFaceFamily(r.resolve(n).path, r.session(n)))
+
+    def swapper(self) -> InswapperFamily | None:
+        if self.swapper_name == "classic":
+            return None
+        r, n = self.registry, self.swapper_name
+        return self._get("swap", lambda: InswapperFamily(r.resolve(n).path, r.session(n)))
+
+    def enhancer(self) -> GFPGANFamily | None:
+        if not self.enhancer_name:
+            return None
+        return self._get("enh", lambda: GFPGANFamily(self.registry.session(self.enhancer_name)))
+
+    def parser(self) -> Any:
+        if not self.parser_name:
+            return None
+        return self.registry.session(self.parser_name)
+
+    def load_all(self) -> None:
+        """Create every session these options need (the daemon does this before READY=1)."""
+        self.detector()
+        self.recognizer()
+        self.swapper()
+        self.enhancer()
+        self.parser()
+
+
+def largest(faces: list[Face]) -> Face:
+    return max(faces, key=lambda f: f.size)
+
+
+class Pipeline:
+    """detect / select / render for one job (one source face)."""
+
+    def __init__(self, options: SwapOptions, source: Path | np.ndarray, *,
+                 registry: ModelRegistry | None = None, models: Models | None = None) -> None:
+        self.options = options
+        self.registry = registry or (models.registry if models else make_registry(options))
+        self.models = models or Models(options, self.registry)
+        self.timer = StageTimer()
+        self.warnings: list[str] = list(self.registry.providers.warnings)
+        self._detector = self.models.detector()
+        self._recognizer = self.models.recognizer()
+        self._swapper = self.models.swapper()
+        self._enhancer = self.models.enhancer()
+        self._parser = self.models.parser()
+        src_img = source if isinstance(source, np.ndarray) else read_image(source, max_pixels=options.max_pixels)
+        self.source_face = self._pick(src_img, "source", source)
+        self._classic = ClassicSwapper(src_img, self.source_face) if self._swapper is None else None
+        self.reference_face: Face | None = None
+        if options.face_selector_mode == "reference":
+            assert options.reference_face_image is not None
+            ref_img = read_image(options.reference_face_image, max_pixels=options.max_pixels)
+            self.reference_face = self._pick(ref_img, "reference", options.reference_face_image)
+
+    def _pick(self, image: np.ndarray, role: str, origin: object) -> Face:
+        with self.timer.stage("detect"):
+            faces = self._detector.detect(image)
+        if not faces:
+            raise NoFaceInSourceError(f"no face found in the {role} image {origin if not isinstance(origin, np.ndarray) else ''}".strip(),
+                                      role=role)
+        face = largest(faces)
+        if len(faces) > 1:
+            self.warnings.append(f"the {role} image has {len(faces)} faces; using the largest (box {face.to_dict()['box']})")
+        if self._recognizer is not None:
+            with self.timer.stage("recognize"):
+                face = self._recognizer.embed(image, [face])[0]
+        return face
+
+    # -- the three calls video streaming builds on ------------------------------------------------
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        with self.timer.stage("detect"):
+            return self._detector.detect(frame)
+
+    def select(self, faces: list[Face], frame: np.ndarray) -> list[Face]:
+        mode = self.options.face_selector_mode
+        if not faces:
+            return []
+        if mode == "one":
+            return [largest(faces)]
+        if mode == "many":
+            return sorted(faces, key=lambda f: float(f.bbox[0]))
+        assert self.reference_face is not None and self._recognizer is not None
+        with self.timer.stage("recognize"):
+            todo = [f for f in faces if f.embedding is None]
+            done = [f for f in faces if f.embedding is not None] + self._recognizer.embed(frame, todo)
+        ref = self.reference_face.normed_embedding
+        picked = [f for f in done if 1.0 - float(np.dot(f.normed_embedding, ref)) < self.options.reference_face_distance]
+        return sorted(picked, key=lambda f: float(f.bbox[0]))
+
+    def reference_distances(self, faces: list[Face]) -> list[float]:
+        if self.reference_face is None:
+            return []
+        ref = self.reference_face.normed_embedding
+        return [round(1.0 - float(np.dot(f.normed_embedding, ref)), 4) for f in faces if f.embedding is not None]
+
+    def render(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
+        out, _ = self.render_with_mask(frame, faces)
+        return out
+
+    def render_with_mask(self, frame: np.ndarray, faces: list[Face]) -> tuple[np.ndarray, np.ndarray]:
+        """Swap (and enhance) `faces`; returns the new frame and the union of blend masks (0..1)."""
+        out = frame.copy()
+        union = np.zeros(frame.shape[:2], np.float32)
+        o = self.options
+        for face in faces:
+            if "face_swapper" in o.frame_processors:
+                with self.timer.stage("swap"):
+                    if self._swapper is not None:
+                        crop, m = self._swapper.swap(out, face, self.source_face)
+                    else:
+                        assert self._classic is not None
+                        crop, m = self._classic.swap(out, face)
+                with self.timer.stage("mask"):
+                    mask = self._mask(crop)
+                    if self._classic is not None:
+                        mask = masklib.combine([mask, self._classic.feather()])
+                    mask = mask * o.blend_ratio
+                with self.timer.stage("paste"):
+                    touched = paste_back(out, crop, mask, m)
+                if touched is not None:
+                    np.maximum(union, touched, out=union)
+            if self._enhancer is not None:
+                with self.timer.stage("enhance"):
+                    crop, m = self._enhancer.enhance(out, face)
+                    mask = masklib.box_mask(crop.shape[0], o.face_mask_blur, (0, 0, 0, 0)) * o.face_enhancer_blend
+                    touched = paste_back(out, crop, mask, m)
+                if touched is not None:
+                    np.maximum(union, touched, out=union)
+        return out, union
+
+    def _mask(self, crop: np.ndarray) -> np.ndarray:
+        o = self.options
+        size = crop.shape[0]
+        parts = []
+        for kind in o.face_mask_types:
+            if kind == "box":
+                parts.append(masklib.box_mask(size, o.face_mask_blur, o.face_mask_padding))
+            elif kind == "ellipse":
+                parts.append(masklib.ellipse_mask(size, o.face_mask_blur))
+            else:
+                parts.append(masklib.region_mask(self._parser, crop, o.face_mask_blur))
+        return masklib.combine(parts)
+
+    # -- report -------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {
+            "detector": self.models.detector_name,
+            "swapper": self.models.swapper_name,
+            "recognizer": self.models.recognizer_name,
+            "enhancer": self.models.enhancer_name,
+            "providers": self.registry.providers.short,
+            "models": self.registry.used(),
+        }

