@@ -1,0 +1,27 @@
+"""Shared fixtures: the real sample photos shipped in insightface's wheel."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def _insightface_images() -> Path:
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("insightface is not installed (engine extra)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "images"
+
+
+@pytest.fixture(scope="session")
+def t1_jpg() -> Path:
+    """insightface's t1.jpg: six faces."""
+    return _insightface_images() / "t1.jpg"
+
+
+@pytest.fixture(scope="session")
+def hanks_png() -> Path:
+    """insightface's Tom_Hanks_54745.png: one face."""
+    return _insightface_images() / "Tom_Hanks_54745.png"

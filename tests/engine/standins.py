@@ -1,0 +1,116 @@
+"""Stand-in ONNX models with the exact I/O signatures of the production models.
+
+They are STAND-INS, not face models: each computes something simple that a test can check.
+- inswapper_128 stand-in: output = 1 - target (colour inversion of the aligned crop); the
+  `source` latent is consumed (times zero) and `emap` is the graph's last initializer (identity).
+- ArcFace w600k_r50 stand-in: embedding = fixed projection of the crop's 4x4 mean-colour grid,
+  so the same face gives the same embedding and different faces differ.
+- GFPGAN 1.4 stand-in: output = -input (inversion in -1..1).
+- BiSeNet stand-in: class 1 (skin) in the central square of the crop, class 0 elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=OPSET, producer_name="sealfuse-test-standin")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def inswapper(path: Path) -> Path:
+    target = helper.make_tensor_value_info("target", TensorProto.FLOAT, [1, 3, 128, 128])
+    source = helper.make_tensor_value_info("source", TensorProto.FLOAT, [1, 512])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 128, 128])
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one")
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    emap = numpy_helper.from_array(np.eye(512, dtype=np.float32), "emap")  # last initializer
+    nodes = [
+        helper.make_node("Sub", ["one", "target"], ["inv"]),
+        helper.make_node("ReduceSum", ["source"], ["ssum"], keepdims=0),
+        helper.make_node("Mul", ["ssum", "zero"], ["szero"]),
+        helper.make_node("Add", ["inv", "szero"], ["output"]),
+    ]
+    graph = helper.make_graph(nodes, "inswapper_128_standin", [target, source], [out],
+                              initializer=[one, zero, emap])
+    return _save(graph, path)
+
+
+def arcface(path: Path) -> Path:
+    inp = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["N", 3, 112, 112])
+    out = helper.make_tensor_value_info("683", TensorProto.FLOAT, ["N", 512])
+    rng = np.random.default_rng(20261124)
+    proj = numpy_helper.from_array(rng.standard_normal((48, 512)).astype(np.float32), "proj")
+    shape = numpy_helper.from_array(np.array([-1, 48], np.int64), "shape")
+    nodes = [
+        helper.make_node("AveragePool", ["input.1"], ["pooled"], kernel_shape=[28, 28], strides=[28, 28]),
+        helper.make_node("Reshape", ["pooled", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "proj"], ["683"]),
+    ]
+    graph = helper.make_graph(nodes, "arcface_standin", [inp], [out], initializer=[proj, shape])
+    return _save(graph, path)
+
+
+def gfpgan(path: Path) -> Path:
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 512, 512])
+    graph = helper.make_graph([helper.make_node("Neg", ["input"], ["output"])], "gfpgan_standin", [inp], [out])
+    return _save(graph, path)
+
+
+def bisenet(path: Path) -> Path:
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 512, 512])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 19, 512, 512])
+    logits = np.zeros((1, 19, 8, 8), np.float32)
+    logits[0, 0] = 1.0
+    logits[0, 1, 2:6, 2:6] = 2.0  # skin in the central square
+    init = [numpy_helper.from_array(logits, "logits"),
+            numpy_helper.from_array(np.array([1, 1, 64, 64], np.float32), "scales"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    nodes = [
+        helper.make_node("Resize", ["logits", "", "scales"], ["big"], mode="nearest"),
+        helper.make_node("ReduceMean", ["input"], ["m"], keepdims=0),
+        helper.make_node("Mul", ["m", "zero"], ["mz"]),
+        helper.make_node("Add", ["big", "mz"], ["output"]),
+    ]
+    graph = helper.make_graph(nodes, "bisenet_standin", [inp], [out], initializer=init)
+    return _save(graph, path)
+
+
+def wrong_signature(path: Path) -> Path:
+    """A model with one 64x64 input: not any family's signature."""
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 64, 64])
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "wrong", [inp], [out])
+    return _save(graph, path)
+
+
+def models_dir(root: Path, *, swapper: bool = True, recognizer: bool = True, enhancer: bool = False,
+               parser: bool = False) -> Path:
+    """A models directory with the requested stand-ins and a models.lock.json pinning them."""
+    from sealfuse.engine.registry import CATALOG, sha256_file, write_lock
+
+    root.mkdir(parents=True, exist_ok=True)
+    wanted = {"inswapper_128": (swapper, inswapper), "arcface_w600k_r50": (recognizer, arcface),
+              "gfpgan_1.4": (enhancer, gfpgan), "bisenet_resnet_34": (parser, bisenet)}
+    entries = []
+    for name, (on, make) in wanted.items():
+        if not on:
+            continue
+        spec = CATALOG[name]
+        path = make(root / spec.file)
+        entries.append({"name": name, "file": spec.file, "sha256": sha256_file(path),
+                        "size": path.stat().st_size, "licence": "stand-in (test only)"})
+    write_lock(root, entries)
+    return root
