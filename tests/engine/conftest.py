@@ -1,0 +1,34 @@
+"""Engine fixtures: options pointing at stand-in models, and shared decoded sample frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sealfuse.engine.imageio import read_image
+from sealfuse.engine.options import SwapOptions
+
+from . import standins  # noqa: F401  (re-exported for tests)
+
+
+@pytest.fixture(scope="session")
+def standin_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .standins import models_dir
+
+    return models_dir(tmp_path_factory.mktemp("models"), enhancer=True, parser=True)
+
+
+@pytest.fixture(scope="session")
+def empty_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("no-models")
+
+
+@pytest.fixture(scope="session")
+def t1_frame(t1_jpg: Path) -> np.ndarray:
+    return read_image(t1_jpg, max_pixels=SwapOptions().max_pixels)
+
+
+@pytest.fixture(scope="session")
+def cpu_options(empty_models: Path) -> SwapOptions:
+    return SwapOptions(models_dir=empty_models, execution_providers=("cpu",), execution_threads=2)
