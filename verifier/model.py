@@ -1,0 +1,278 @@
+"""Typed bundle manifest: parsed from signed canonical JSON at the boundary, validated strictly.
+
+The rest of the verifier and the installer only touch these frozen dataclasses, never raw JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import rfc8785
+from sealfuse.verifier.errors import ManifestError
+
+MANIFEST_TYPE = "sealfuse-manifest"
+SPEC_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SIGNATURES_DIR = "signatures/"
+PAYLOAD_DIR = "payload/"
+SIGSTORE_NAME = "signatures/manifest.sigstore.json"
+KINDS = frozenset({"wheel", "model", "unit", "hardening", "image", "sbom", "config", "lock"})
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_VERSION = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON bytes."""
+    return bytes(rfc8785.dumps(obj))
+
+
+@dataclass(frozen=True, order=True)
+class Version:
+    """A dotted-integer version compared numerically ("1.10.0" > "1.9.3"); trailing zeros ignored."""
+
+    parts: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Version:
+        if not isinstance(text, str) or not _VERSION.match(text):
+            raise ValueError(f"version must be dotted integers like 1.2.3, got {text!r}")
+        parts = [int(p) for p in text.split(".")]
+        while len(parts) > 1 and parts[-1] == 0:
+            parts.pop()
+        return cls(tuple(parts))
+
+    def __str__(self) -> str:
+        return ".".join(str(p) for p in self.parts)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Parse an ISO 8601 time; naive times are UTC."""
+    value = dt.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def format_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def check_member_path(path: str) -> str | None:
+    """None when `path` is a safe relative POSIX path, else the reason."""
+    if not path:
+        return "empty path"
+    if "\x00" in path or "\\" in path:
+        return "NUL or backslash in path"
+    if path.startswith("/"):
+        return "absolute path"
+    parts = path.split("/")
+    if any(p == ".." for p in parts):
+        return "'..' component"
+    if any(p in ("", ".") for p in parts):
+        return "empty or '.' component"
+    return None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One payload file: archive path, size, sha256 and kind."""
+
+    path: str
+    size: int
+    sha256: str
+    kind: str
+
+    @property
+    def relpath(self) -> str:
+        """Path below payload/ (where extract_bundle writes it inside dest_dir)."""
+        return self.path[len(PAYLOAD_DIR):]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model catalog entry; `file` is the archive path of a member of kind model."""
+
+    name: str
+    file: str
+    sha256: str
+    size: int
+    licence: str
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    """A wheel to install: project name, version, archive path and sha256."""
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Target platform: python tag (cp311), machine arch (x86_64), wheel platform tag."""
+
+    python: str
+    arch: str
+    tag: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed description of a bundle."""
+
+    product: str
+    version: str
+    created: dt.datetime
+    expires: dt.datetime
+    platform: Platform
+    members: tuple[Member, ...]
+    models: tuple[ModelEntry, ...] = ()
+    lock: tuple[LockEntry, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def version_key(self) -> Version:
+        return Version.parse(self.version)
+
+    def member(self, path: str) -> Member:
+        for m in self.members:
+            if m.path == path:
+                return m
+        raise KeyError(path)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "_type": MANIFEST_TYPE,
+            "spec_version": SPEC_VERSION,
+            "product": self.product,
+            "version": self.version,
+            "created": format_time(self.created),
+            "expires": format_time(self.expires),
+            "platform": {"python": self.platform.python, "arch": self.platform.arch,
+                         "tag": self.platform.tag},
+            "members": [{"path": m.path, "size": m.size, "sha256": m.sha256, "kind": m.kind}
+                        for m in sorted(self.members, key=lambda m: m.path)],
+            "models": [{"name": e.name, "file": e.file, "sha256": e.sha256, "size": e.size,
+                        "licence": e.licence} for e in self.models],
+            "lock": [{"name": e.name, "version": e.version, "file": e.file, "sha256": e.sha256}
+                     for e in self.lock],
+        }
+        data.update(dict(self.extra))
+        return data
+
+    def canonical_bytes(self) -> bytes:
+        return canonical(self.to_json())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Manifest:
+        """Parse and validate canonical manifest bytes (call only after signatures verified)."""
+        import json
+
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ManifestError(f"manifest.json is not JSON: {exc}") from exc
+        try:
+            if canonical(data) != raw:
+                raise ManifestError("manifest.json is not RFC 8785 canonical JSON "
+                                    "(re-serialising it changes its bytes)")
+        except (TypeError, ValueError, rfc8785.CanonicalizationError) as exc:
+            raise ManifestError(f"manifest.json cannot be canonicalised: {exc}") from exc
+        return cls.from_json(data)
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        try:
+            return _parse_manifest(data)
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"manifest.json violates the schema: {exc!r}") from exc
+
+
+def _need(data: Mapping[str, Any], key: str, kind: type) -> Any:
+    if key not in data:
+        raise ManifestError(f"manifest field {key!r} is missing", field=key)
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestError(f"manifest field {key!r} must be {kind.__name__}", field=key)
+    return value
+
+
+def _sha(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise ManifestError(f"{where}: sha256 must be 64 lowercase hex digits", field=where)
+    return value
+
+
+_KNOWN_FIELDS = {"_type", "spec_version", "product", "version", "created", "expires",
+                 "platform", "members", "models", "lock"}
+
+
+def _parse_manifest(data: Any) -> Manifest:
+    if not isinstance(data, dict):
+        raise ManifestError("manifest.json must be a JSON object")
+    if data.get("_type") != MANIFEST_TYPE:
+        raise ManifestError(f"manifest _type must be {MANIFEST_TYPE!r}, got {data.get('_type')!r}")
+    if _need(data, "spec_version", int) != SPEC_VERSION:
+        raise ManifestError(f"unsupported manifest spec_version {data['spec_version']}")
+    product = _need(data, "product", str)
+    version = _need(data, "version", str)
+    try:
+        Version.parse(version)
+    except ValueError as exc:
+        raise ManifestError(str(exc), field="version") from exc
+    created = parse_time(_need(data, "created", str))
+    expires = parse_time(_need(data, "expires", str))
+    pdata = _need(data, "platform", dict)
+    platform = Platform(python=_need(pdata, "python", str), arch=_need(pdata, "arch", str),
+                        tag=str(pdata.get("tag", "")))
+    members: list[Member] = []
+    seen: set[str] = set()
+    for i, m in enumerate(_need(data, "members", list)):
+        path = _need(m, "path", str)
+        reason = check_member_path(path)
+        if reason or not path.startswith(PAYLOAD_DIR):
+            raise ManifestError(f"members[{i}].path {path!r} is unsafe or outside payload/: "
+                                f"{reason or 'not under payload/'}", path=path)
+        if path in seen:
+            raise ManifestError(f"members lists {path!r} twice", path=path)
+        seen.add(path)
+        size = _need(m, "size", int)
+        if size < 0:
+            raise ManifestError(f"members[{i}].size is negative", path=path)
+        kind = _need(m, "kind", str)
+        if kind not in KINDS:
+            raise ManifestError(f"members[{i}].kind {kind!r} not one of {sorted(KINDS)}", path=path)
+        members.append(Member(path, size, _sha(m.get("sha256"), f"members[{i}]"), kind))
+    by_path = {m.path: m for m in members}
+    models: list[ModelEntry] = []
+    for i, e in enumerate(data.get("models", [])):
+        entry = ModelEntry(name=_need(e, "name", str), file=_need(e, "file", str),
+                           sha256=_sha(e.get("sha256"), f"models[{i}]"),
+                           size=_need(e, "size", int), licence=_need(e, "licence", str))
+        m = by_path.get(entry.file)
+        if m is None or m.kind != "model" or m.sha256 != entry.sha256 or m.size != entry.size:
+            raise ManifestError(f"models[{i}] ({entry.name}) does not match a model member",
+                                path=entry.file)
+        models.append(entry)
+    lock: list[LockEntry] = []
+    for i, e in enumerate(data.get("lock", [])):
+        entry = LockEntry(name=_need(e, "name", str), version=_need(e, "version", str),
+                          file=_need(e, "file", str), sha256=_sha(e.get("sha256"), f"lock[{i}]"))
+        m = by_path.get(entry.file)
+        if m is None or m.kind != "wheel" or m.sha256 != entry.sha256:
+            raise ManifestError(f"lock[{i}] ({entry.name}) does not match a wheel member",
+                                path=entry.file)
+        lock.append(entry)
+    extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS}
+    return Manifest(product=product, version=version, created=created, expires=expires,
+                    platform=platform, members=tuple(members), models=tuple(models),
+                    lock=tuple(lock), extra=extra)
