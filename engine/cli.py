@@ -59,12 +59,15 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 
 
 @click.command(epilog=f"Exit codes:\n\n{EXIT_HELP}", context_settings={"max_content_width": 100})
-@click.option("-s", "--source", required=True, type=click.Path(path_type=Path),
-              help="Image with the face to put in (the largest face is used if it has several).")
-@click.option("-t", "--target", required=True, type=click.Path(path_type=Path),
-              help="Image (jpg, png, webp) or video (mp4, mov, mkv, webm) to change.")
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="Where to write the result (same kind as the target); written atomically.")
+@click.option("-s", "--source", type=click.Path(path_type=Path), default=None,
+              help="Image with the face to put in (the largest face is used if it has several). "
+                   "Default: the sample portrait Tom_Hanks_54745.png shipped with insightface.")
+@click.option("-t", "--target", type=click.Path(path_type=Path), default=None,
+              help="Image (jpg, png, webp) or video (mp4, mov, mkv, webm) to change. "
+                   "Default: the six-face sample photo t1.jpg shipped with insightface.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Where to write the result (same kind as the target); written atomically. "
+                   "Default: sealfuse-swap.<target extension> in the current directory.")
 @click.option("--frame-processors", default="face_swapper", show_default=True,
               callback=_csv(FRAME_PROCESSORS), help="Comma list: face_swapper[,face_enhancer].")
 @click.option("--face-swapper-model", type=click.Choice(SWAPPERS), default=D.face_swapper_model, show_default=True,
@@ -109,13 +112,20 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 @click.option("--trim-frame-start", type=click.IntRange(0), default=None)
 @click.option("--trim-frame-end", type=click.IntRange(1), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (or error) on stdout.")
-def swap(source: Path, target: Path, output: Path, as_json: bool, max_memory_gb: float | None,
-         models_dir: Path | None, **kw: Any) -> None:
+def swap(source: Path | None, target: Path | None, output: Path | None, as_json: bool,
+         max_memory_gb: float | None, models_dir: Path | None, **kw: Any) -> None:
     """Swap the face from SOURCE into every selected face of TARGET.
 
     Runs fully offline on ONNX Runtime; never downloads a model. Models are checked against their
-    sha256 pins before any session is created.
+    sha256 pins before any session is created. With no arguments, swaps the sample portrait into
+    the sample group photo and writes ./sealfuse-swap.jpg.
     """
+    if source is None or target is None:
+        samples = sample_images()
+        source = source or samples / "Tom_Hanks_54745.png"
+        target = target or samples / "t1.jpg"
+    if output is None:
+        output = Path(f"sealfuse-swap{Path(target).suffix.lower()}")
     options = SwapOptions(max_memory_gb=max_memory_gb, models_dir=models_dir or default_models_dir(), **kw)
     cancel = threading.Event()
     progress = None
@@ -153,6 +163,16 @@ def swap(source: Path, target: Path, output: Path, as_json: bool, max_memory_gb:
         n = sum(1 for f in report.get("faces", []) if f.get("selected"))
         what = f"{report.get('frames', 0)} frames" if report.get("kind") == "video" else f"{n} face(s) swapped"
         click.echo(f"{output}: {what} with {report['swapper']} in {report['timings_ms']['total'] / 1000:.2f}s")
+
+
+def sample_images() -> Path:
+    """insightface's bundled sample photos (located without importing insightface)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("insightface")
+    if spec is None or not spec.submodule_search_locations:
+        raise click.UsageError("no --source/--target given and insightface's sample photos are not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "images"
 
 
 @click.group()

@@ -1,7 +1,25 @@
 #!/usr/bin/env bash
-# Create .venv with sealfuse and everything its tests need (CPU build of ONNX Runtime).
+# Set up a development/test machine: system tools (when root on Debian/Ubuntu) and .venv with
+# sealfuse and everything its tests need (CPU build of ONNX Runtime).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -z "${SEALFUSE_SKIP_APT:-}" ]; then
+  # openssh-client: ssh-keygen -Y verify (auditor interop); openssl: pkeyutl -rawin;
+  # apparmor: apparmor_parser for the profile gate; python3-venv: release venvs from /usr/bin/python3;
+  # util-linux/iproute2: unshare and ip for the no-network tests; systemd: the system tests.
+  need=""
+  for c in ssh-keygen:openssh-client openssl:openssl apparmor_parser:apparmor unshare:util-linux \
+           ip:iproute2 systemd-analyze:systemd; do
+    command -v "${c%%:*}" >/dev/null || need="$need ${c##*:}"
+  done
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need="$need python3-venv"
+  if [ -n "$need" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $need >/dev/null
+  fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -U pip
