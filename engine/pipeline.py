@@ -186,12 +186,12 @@ class Pipeline:
         self.registry = registry or (models.registry if models else make_registry(options))
         self.models = models or Models(options, self.registry)
         self.timer = StageTimer()
-        self.warnings: list[str] = list(self.registry.providers.warnings)
         self._detector = self.models.detector()
         self._recognizer = self.models.recognizer()
         self._swapper = self.models.swapper()
         self._enhancer = self.models.enhancer()
         self._parser = self.models.parser()
+        self.warnings: list[str] = list(self.registry.providers.warnings) + list(self.registry.warnings)
         src_img = source if isinstance(source, np.ndarray) else read_image(source, max_pixels=options.max_pixels)
         self.source_face = self._pick(src_img, "source", source)
         self._classic = ClassicSwapper(src_img, self.source_face) if self._swapper is None else None

@@ -145,6 +145,8 @@ class ModelRegistry:
         self._sessions: dict[str, Any] = {}
         self._resolved: dict[str, ResolvedModel] = {}
         self._mutex = threading.Lock()
+        self.warnings: list[str] = []
+        self._dlls_preloaded = False
 
     # -- lookup ---------------------------------------------------------------------------
     @staticmethod
@@ -221,6 +223,14 @@ class ModelRegistry:
         resolved = self.resolve(name)
         import onnxruntime
 
+        wants_gpu = self.providers.names[0] != "CPUExecutionProvider"
+        if wants_gpu and not self._dlls_preloaded and hasattr(onnxruntime, "preload_dlls"):
+            # CUDA/cuDNN from the nvidia-* wheels of the bundle, loaded before the first session.
+            self._dlls_preloaded = True
+            try:
+                onnxruntime.preload_dlls()
+            except Exception as exc:  # a missing library shows up as a CPU fallback below
+                self.warnings.append(f"could not preload CUDA libraries: {exc}")
         try:
             sess = onnxruntime.InferenceSession(
                 str(resolved.path),
@@ -232,6 +242,13 @@ class ModelRegistry:
             raise ModelSignatureError(f"model {resolved.path} cannot be loaded by ONNX Runtime: {exc}",
                                       model=name, file=resolved.path) from exc
         check_signature(resolved.spec, sess, resolved.path)
+        got = sess.get_providers()
+        if wants_gpu and got and got[0] == "CPUExecutionProvider":
+            msg = (f"{self.providers.names[0]} could not start (no GPU or driver); "
+                   f"running on CPU")
+            with self._mutex:
+                if msg not in self.warnings:
+                    self.warnings.append(msg)
         with self._mutex:
             self._sessions.setdefault(name, sess)
             return self._sessions[name]

@@ -43,8 +43,10 @@ class LazyGroup(click.Group):
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
             missing = exc.name or str(exc)
+            if missing.split(".")[0] == "sealfuse" and missing != module_name:
+                raise  # a bug in sealfuse itself, not a missing optional dependency
             return _unavailable(name, short_help, missing)
         command = getattr(module, attr, None)
         if command is None:
