@@ -12,10 +12,23 @@ import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Protocol
 
 from sealfuse.verifier.model import MANIFEST_NAME, SIGNATURES_DIR
 
 FILE_MODE = 0o644
+
+
+class PayloadSource(Protocol):
+    """Anything with an archive name, a size and a way to open its bytes."""
+
+    @property
+    def arcname(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def open(self) -> IO[bytes]: ...
 
 
 @dataclass(frozen=True)
@@ -33,7 +46,7 @@ class PayloadFile:
         assert self.source is not None
         return self.source.stat().st_size
 
-    def open(self) -> io.BufferedIOBase:
+    def open(self) -> IO[bytes]:
         if self.data is not None:
             return io.BytesIO(self.data)
         assert self.source is not None
@@ -52,7 +65,7 @@ def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
 
 
 def write_bundle(out: Path, manifest: bytes, signatures: Mapping[str, bytes],
-                 payload: Iterable[PayloadFile], mtime: int) -> Path:
+                 payload: Iterable[PayloadSource], mtime: int) -> Path:
     """Write the bundle tar atomically and return its path."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")

@@ -286,8 +286,21 @@ class MemberWriter:
             os.close(self.fd)
 
 
-def _scan(bundle_path: Path, trust: Trust, *, floor_version: str | None, allow_downgrade: bool,
-          now: dt.datetime | str | None, sink: Sink | None = None) -> VerifiedBundle:
+@dataclass(frozen=True)
+class BundleContents:
+    """What an unauthenticated read of a bundle found (payload checked against the manifest,
+    signatures NOT checked): for signing and inspecting on the build host."""
+
+    path: Path
+    manifest: Manifest
+    manifest_bytes: bytes
+    signature_files: Mapping[str, bytes]
+
+
+def _scan(bundle_path: Path, trust: Trust | None, *, floor_version: str | None,
+          allow_downgrade: bool, now: dt.datetime | str | None,
+          sink: Sink | None = None) -> VerifiedBundle | BundleContents:
+    """The single streaming pass. With trust=None signatures and policy are skipped."""
     when = _as_time(now)
     try:
         f = open(bundle_path, "rb", buffering=0)  # noqa: SIM115 - closed in finally
@@ -322,10 +335,14 @@ def _scan(bundle_path: Path, trust: Trust, *, floor_version: str | None, allow_d
             h = reader.next()
 
         # Trust is established here; nothing in the manifest was used before this point.
-        report = check_signatures(manifest_bytes, sig_files, trust)
+        report = None
+        downgrade = False
+        if trust is not None:
+            report = check_signatures(manifest_bytes, sig_files, trust)
         manifest = Manifest.from_bytes(manifest_bytes)
-        downgrade = check_policy(manifest, trust, floor_version=floor_version,
-                                 allow_downgrade=allow_downgrade, now=when)
+        if trust is not None:
+            downgrade = check_policy(manifest, trust, floor_version=floor_version,
+                                     allow_downgrade=allow_downgrade, now=when)
 
         expected = {m.path: m for m in manifest.members}
         done: set[str] = set()
@@ -375,6 +392,8 @@ def _scan(bundle_path: Path, trust: Trust, *, floor_version: str | None, allow_d
                               path=str(bundle_path)) from exc
     finally:
         f.close()
+    if trust is None or report is None:
+        return BundleContents(Path(bundle_path), manifest, manifest_bytes, sig_files)
     names = tuple(trust.keys[k].name for k in report.valid)
     return VerifiedBundle(Path(bundle_path), manifest, manifest_bytes, report, names, downgrade)
 
@@ -388,8 +407,18 @@ def verify_bundle(bundle_path: str | os.PathLike[str], trust: Trust, *,
     `allow_downgrade` (then VerifiedBundle.downgrade is True and the caller should audit it).
     `now`: the time for the expiry check (datetime or ISO 8601 string; default: the clock).
     """
-    return _scan(Path(bundle_path), trust, floor_version=floor_version,
-                 allow_downgrade=allow_downgrade, now=now)
+    result = _scan(Path(bundle_path), trust, floor_version=floor_version,
+                   allow_downgrade=allow_downgrade, now=now)
+    assert isinstance(result, VerifiedBundle)
+    return result
+
+
+def read_bundle(bundle_path: str | os.PathLike[str]) -> BundleContents:
+    """Read a bundle checking structure and every payload hash against its manifest, but NOT
+    its signatures (nothing here is trusted). For `bundle sign` and `bundle inspect`."""
+    result = _scan(Path(bundle_path), None, floor_version=None, allow_downgrade=False, now=None)
+    assert isinstance(result, BundleContents)
+    return result
 
 
 def extract_bundle(bundle_path: str | os.PathLike[str], trust: Trust,
@@ -424,6 +453,7 @@ def extract_bundle(bundle_path: str | os.PathLike[str], trust: Trust,
     try:
         second = _scan(Path(bundle_path), trust, floor_version=floor_version,
                        allow_downgrade=allow_downgrade, now=now, sink=sink)
+        assert isinstance(second, VerifiedBundle)
         if second.manifest_bytes != first.manifest_bytes:
             raise ExtractError("bundle changed between verification and extraction",
                                expected=first.manifest_sha256, actual=second.manifest_sha256)

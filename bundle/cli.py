@@ -1,0 +1,233 @@
+"""`sealfuse bundle build|sign|inspect|manifest`: the build host's and signing machine's commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from sealfuse.bundle.errors import BUILD_EXIT_CODES
+from sealfuse.verifier.errors import VerificationError
+
+_EPILOG = "\b\nExit codes:\n" + "\n".join(
+    f"{c:>3}  {t}" for c, t in sorted(BUILD_EXIT_CODES.items())
+) + "\n 20-62  the bundle fails a structural check (see `sealfuse verify --help`)"
+
+
+def _fail(exc: VerificationError, as_json: bool = False) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2, sort_keys=True))
+    else:
+        click.echo(f"ERROR {type(exc).__name__}: {exc.message}", err=True)
+        for key, value in sorted(exc.evidence.items()):
+            click.echo(f"  {key}: {value}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(epilog=_EPILOG)
+def bundle() -> None:
+    """Build, sign and inspect bundles (build host and offline signing machine)."""
+
+
+def _licence(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, text = v.partition("=")
+        if not sep or not name or not text:
+            raise click.BadParameter(f"{v!r} is not FILE=LICENCE", param_hint="--licence")
+        out[name] = text
+    return out
+
+
+@bundle.command("build", epilog=_EPILOG)
+@click.option("--version", "version", required=True, help="Bundle version, dotted integers.")
+@click.option("--out-dir", default=".", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--product", default="sealfuse", show_default=True)
+@click.option("--python-version", default="3.11", show_default=True,
+              help="Target CPython X.Y (the appliance's /usr/bin/python3).")
+@click.option("--platform", "platform_tag", default="manylinux_2_17_x86_64", show_default=True,
+              help="Target wheel platform tag; its suffix gives the arch.")
+@click.option("--wheelhouse", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Directory of prepared wheels.")
+@click.option("-r", "--requirement", "requirements", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Also `pip download --only-binary=:all:` these for the target platform.")
+@click.option("--pip-no-deps", is_flag=True,
+              help="Pass --no-deps to pip download (list every wheel in the requirements).")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Directory of model files (optional catalog.json: name and licence per file).")
+@click.option("--model-url", "model_urls", multiple=True, metavar="URL#sha256=HEX",
+              help="Download a model with a pinned sha256; a wrong digest is refused. Repeat.")
+@click.option("--licence", "licences", multiple=True, metavar="FILE=LICENCE",
+              help="Licence of a model file (overrides the catalog). Repeat.")
+@click.option("--units-dir", default="systemd", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="systemd units (missing or empty: warned, bundle has none).")
+@click.option("--hardening-dir", default="hardening", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--config", "configs", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Extra config file, shipped as payload/config/<name>. Repeat.")
+@click.option("--image", "images", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Image file (e.g. container image tar), shipped as payload/images/<name>.")
+@click.option("--expires-days", default=365, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True)
+def build(version: str, out_dir: Path, product: str, python_version: str, platform_tag: str,
+          wheelhouse: Path | None, requirements: tuple[Path, ...], pip_no_deps: bool,
+          models_dir: Path | None, model_urls: tuple[str, ...], licences: tuple[str, ...],
+          units_dir: Path, hardening_dir: Path, configs: tuple[Path, ...],
+          images: tuple[Path, ...], expires_days: int, as_json: bool) -> None:
+    """Build an unsigned, reproducible bundle <product>-<version>-<cpXY>-<arch>.bundle.
+
+    created = SOURCE_DATE_EPOCH (default: now), expires = created + --expires-days. Building
+    twice from the same inputs and SOURCE_DATE_EPOCH gives the same sha256. Prints every
+    model's licence. Sign it afterwards with `sealfuse bundle sign` on the signing machine.
+    """
+    from sealfuse.bundle.build import BuildInputs, build_bundle
+
+    inputs = BuildInputs(
+        version=version, out_dir=out_dir, product=product, python_version=python_version,
+        platform_tag=platform_tag, wheelhouse=wheelhouse, requirements=requirements,
+        pip_no_deps=pip_no_deps, models_dir=models_dir, model_urls=model_urls,
+        licences=_licence(licences), units_dir=units_dir, hardening_dir=hardening_dir,
+        configs=configs, images=images, expires_days=expires_days)
+    try:
+        result = build_bundle(inputs)
+    except VerificationError as exc:
+        _fail(exc, as_json)
+        return
+    m = result.manifest
+    if as_json:
+        click.echo(json.dumps({
+            "ok": True, "bundle": str(result.path), "sha256": result.sha256,
+            "version": m.version, "members": len(m.members), "warnings": list(result.warnings),
+            "models": [{"name": e.name, "file": e.file, "licence": e.licence} for e in m.models],
+        }, indent=2, sort_keys=True))
+        return
+    for w in result.warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"built {result.path} ({len(m.members)} members)")
+    click.echo(f"  sha256 {result.sha256}")
+    for e in m.models:
+        click.echo(f"  model {e.name} ({e.file}): licence {e.licence}")
+    click.echo(f"  {len(m.lock)} wheels locked; expires {m.expires.isoformat()}; unsigned")
+
+
+@bundle.command("sign", epilog=_EPILOG)
+@click.argument("bundle_path", metavar="BUNDLE",
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--key", "key_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Ed25519 private key (from `sealfuse keygen`).")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Passphrase for an encrypted key (default: prompt when needed).")
+@click.option("--sshsig", "sshsig_path", type=click.Path(dir_okay=False, exists=True,
+                                                         path_type=Path),
+              help="Attach an SSHSIG made with `ssh-keygen -Y sign -n sealfuse-bundle` over "
+                   "the bundle's manifest.json instead of signing with --key.")
+@click.option("--sigstore", "sigstore_path", type=click.Path(dir_okay=False, exists=True,
+                                                             path_type=Path),
+              help="Attach a sigstore bundle over manifest.json.")
+def sign(bundle_path: Path, key_path: Path | None, passphrase_file: Path | None,
+         sshsig_path: Path | None, sigstore_path: Path | None) -> None:
+    """Add one signature to BUNDLE (rewritten in place, reproducibly).
+
+    Checks every payload hash against the manifest first. Writes signatures/<keyid>.sig (raw
+    Ed25519, 64 bytes) and signatures/<keyid>.sshsig (SSHSIG, namespace sealfuse-bundle) over
+    the canonical manifest bytes. k holders sign in turn; a second signature by the same key is
+    refused (exit 86).
+    """
+    from sealfuse.bundle.sign import add_sigstore, add_sshsig, sign_bundle
+
+    if sum(x is not None for x in (key_path, sshsig_path, sigstore_path)) != 1:
+        raise click.UsageError("give exactly one of --key, --sshsig, --sigstore")
+    try:
+        if key_path is not None:
+            from sealfuse.verifier.cli import load_signing_key
+
+            key = load_signing_key(key_path, passphrase_file)
+            added = sign_bundle(bundle_path, key)
+        elif sshsig_path is not None:
+            added = [add_sshsig(bundle_path, sshsig_path.read_bytes())]
+        else:
+            assert sigstore_path is not None
+            added = [add_sigstore(bundle_path, sigstore_path.read_bytes())]
+    except VerificationError as exc:
+        _fail(exc)
+        return
+    click.echo(f"signed {bundle_path}: added {', '.join(added)}")
+
+
+@bundle.command("inspect", epilog=_EPILOG)
+@click.argument("bundle_path", metavar="BUNDLE",
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--trust", "trust_path", type=click.Path(dir_okay=False, exists=True,
+                                                       path_type=Path),
+              help="Also say which signatures verify against this trust file.")
+@click.option("--json", "as_json", is_flag=True)
+def inspect(bundle_path: Path, trust_path: Path | None, as_json: bool) -> None:
+    """Print BUNDLE's manifest, model licences and signatures.
+
+    Payload hashes are checked against the manifest; signatures are only listed unless --trust
+    is given (this is not verification: use `sealfuse verify` for that).
+    """
+    from sealfuse.bundle.sign import signer_keyids
+    from sealfuse.verifier.model import SIGSTORE_NAME
+    from sealfuse.verifier.verify import read_bundle
+
+    try:
+        contents = read_bundle(bundle_path)
+        valid: set[str] | None = None
+        if trust_path is not None:
+            from sealfuse.verifier.trust import count_signatures, load_trust
+            from sealfuse.verifier.verify import RAW_SIG
+
+            t = load_trust(trust_path)
+            raw = [(m.group(1), data) for n, data in contents.signature_files.items()
+                   if (m := RAW_SIG.match(n))]
+            valid = count_signatures(t.keys, raw, contents.manifest_bytes)[0]
+    except VerificationError as exc:
+        _fail(exc, as_json)
+        return
+    m = contents.manifest
+    signers = sorted(signer_keyids(contents))
+    if as_json:
+        doc = m.to_json()
+        doc["signatures"] = {"files": sorted(contents.signature_files), "keyids": signers,
+                             "sigstore": SIGSTORE_NAME in contents.signature_files}
+        if valid is not None:
+            doc["signatures"]["valid_keyids"] = sorted(valid)
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    click.echo(f"{m.product} {m.version} for {m.platform.python} {m.platform.arch} "
+               f"({m.platform.tag}); created {m.created.isoformat()}, "
+               f"expires {m.expires.isoformat()}")
+    for mem in m.members:
+        click.echo(f"  {mem.kind:<9} {mem.size:>12}  {mem.sha256[:16]}  {mem.path}")
+    click.echo("licences:")
+    for e in m.models:
+        click.echo(f"  {e.name}: {e.licence}")
+    if not m.models:
+        click.echo("  (no models)")
+    click.echo(f"signatures ({len(signers)} key(s)):")
+    for k in signers:
+        state = "" if valid is None else ("  valid" if k in valid else "  NOT trusted/valid")
+        click.echo(f"  {k}{state}")
+    if SIGSTORE_NAME in contents.signature_files:
+        click.echo("  + sigstore bundle")
+
+
+@bundle.command("manifest")
+@click.argument("bundle_path", metavar="BUNDLE",
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def manifest(bundle_path: Path, out: Path) -> None:
+    """Write BUNDLE's exact signed manifest bytes to OUT (for `ssh-keygen -Y sign`)."""
+    from sealfuse.bundle.sign import manifest_bytes
+
+    try:
+        out.write_bytes(manifest_bytes(bundle_path))
+    except VerificationError as exc:
+        _fail(exc)

@@ -1,0 +1,325 @@
+"""`sealfuse verify`, `sealfuse keygen` and `sealfuse trust ...`: the verifier's commands.
+
+They import only the verifier's dependencies (click, cryptography, rfc8785; sigstore on demand).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sealfuse.verifier.errors import EXIT_CODES, VerificationError, exit_code_help
+from sealfuse.verifier.keys import (
+    KeyFormatError,
+    keyid_of,
+    load_private_key,
+    load_public_text,
+    openssh_public,
+    pem_public,
+    private_key_encrypted,
+    serialize_private,
+    short_keyid,
+)
+from sealfuse.verifier.trust import (
+    SigstorePolicy,
+    TrustedKey,
+    accept_chain,
+    load_trust,
+    make_trust,
+    write_atomic,
+)
+
+_EXIT_EPILOG = "\b\nExit codes:\n" + exit_code_help()
+
+
+def _fail(exc: VerificationError, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2, sort_keys=True))
+    else:
+        click.echo(f"REJECTED {type(exc).__name__}: {exc.message}", err=True)
+        for key, value in sorted(exc.evidence.items()):
+            click.echo(f"  {key}: {value}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def read_passphrase(key_path: Path, passphrase_file: Path | None) -> bytes | None:
+    """The key's passphrase: from a file, or prompted when the key is encrypted."""
+    if passphrase_file is not None:
+        return passphrase_file.read_bytes().rstrip(b"\r\n")
+    if private_key_encrypted(key_path):
+        return click.prompt(f"Passphrase for {key_path}", hide_input=True).encode()
+    return None
+
+
+def load_signing_key(key_path: Path, passphrase_file: Path | None) -> Any:
+    try:
+        return load_private_key(key_path, read_passphrase(key_path, passphrase_file))
+    except (KeyFormatError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# -- verify ----------------------------------------------------------------------------------------
+@click.command(epilog=_EXIT_EPILOG)
+@click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--trust", "trust_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Pinned trust file (keys, threshold, product, optional sigstore policy).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@click.option("--floor-version", default=None, metavar="V",
+              help="Installed version; the bundle must be strictly above it. Default: no floor.")
+@click.option("--allow-downgrade", is_flag=True,
+              help="Accept a version at or below --floor-version (reported as downgrade).")
+@click.option("--now", default=None, metavar="ISO",
+              help="Time for the expiry check, ISO 8601. Default: the system clock.")
+def verify(bundle: Path, trust_path: Path, as_json: bool, floor_version: str | None,
+           allow_downgrade: bool, now: str | None) -> None:
+    """Verify BUNDLE offline: signatures (k of n trusted Ed25519 keys, SSHSIG, optional
+    sigstore) over manifest.json, then every payload byte, in one streaming pass.
+
+    Rejects unlisted, missing, duplicate, linked or non-regular members, unsafe paths, size or
+    sha256 mismatches, trailing data, truncation, expiry and rollback. Nothing is written.
+    """
+    from sealfuse.verifier.verify import verify_bundle
+
+    try:
+        trust = load_trust(trust_path)
+        result = verify_bundle(bundle, trust, floor_version=floor_version,
+                               allow_downgrade=allow_downgrade, now=now)
+    except VerificationError as exc:
+        _fail(exc, as_json)
+    except ValueError as exc:  # e.g. an unparseable --now
+        raise click.BadParameter(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        return
+    signers = ", ".join(f"{n} ({short_keyid(k)})" for k, n in zip(result.signers,
+                                                                   result.signer_names,
+                                                                   strict=True))
+    total = sum(m.size for m in result.members)
+    click.echo(f"OK {result.product} {result.version} ({result.platform.python} "
+               f"{result.platform.arch}): {len(result.members)} members, {total} bytes")
+    click.echo(f"  signed by {len(result.signers)} of {result.signatures.threshold} required: "
+               f"{signers}")
+    click.echo(f"  sigstore: {result.signatures.sigstore}; expires {result.expires.isoformat()}")
+    if result.downgrade:
+        click.echo(f"  DOWNGRADE allowed below/at floor {floor_version}")
+    click.echo(f"  manifest sha256 {result.manifest_sha256}")
+
+
+# -- keygen ----------------------------------------------------------------------------------------
+@click.command(epilog="\b\nExit codes:\n  0  key written\n  1  the key file exists or cannot be written\n  2  usage error")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Private key path (written 0600, OpenSSH format); the public key goes to OUT.pub.")
+@click.option("--name", default="", help="Principal name for allowed_signers (one word). "
+              "Default: sealfuse-<short key id>.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Encrypt the private key with the passphrase in this file.")
+@click.option("--passphrase", "ask", is_flag=True, help="Prompt for a passphrase (default: none).")
+@click.option("--json", "as_json", is_flag=True, help="Print key id and paths as JSON.")
+def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_json: bool) -> None:
+    """Create an Ed25519 signing key pair.
+
+    The private key is in OpenSSH format (so `ssh-keygen -Y sign` can use it too), mode 0600,
+    bcrypt-encrypted when a passphrase is given. Prints the key id: sha256 of the raw 32-byte
+    public key in hex; the short form is its first 16 hex digits.
+    """
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    passphrase: bytes | None = None
+    if passphrase_file is not None:
+        passphrase = passphrase_file.read_bytes().rstrip(b"\r\n")
+    elif ask:
+        passphrase = click.prompt("Passphrase", hide_input=True,
+                                  confirmation_prompt=True).encode()
+    key = Ed25519PrivateKey.generate()
+    keyid = keyid_of(key.public_key())
+    name = name or f"sealfuse-{short_keyid(keyid)}"
+    if any(c.isspace() for c in name) or "," in name:
+        raise click.BadParameter("must be one word without commas", param_hint="--name")
+    pub_path = out.with_name(out.name + ".pub")
+    for p in (out, pub_path):
+        if p.exists():
+            raise click.ClickException(f"{p} exists; refusing to overwrite a key")
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(serialize_private(key, passphrase))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(out, 0o600)
+        write_atomic(pub_path, (openssh_public(key.public_key(), name) + "\n").encode())
+    except OSError as exc:
+        raise click.ClickException(f"cannot write key: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps({"keyid": keyid, "short": short_keyid(keyid), "name": name,
+                               "private_key": str(out), "public_key": str(pub_path),
+                               "encrypted": passphrase is not None}, indent=2))
+    else:
+        click.echo(f"key id {keyid} (short {short_keyid(keyid)}), name {name}")
+        click.echo(f"private key {out} (0600{', encrypted' if passphrase else ''}); "
+                   f"public key {pub_path}")
+
+
+# -- trust -----------------------------------------------------------------------------------------
+def _trusted_key_from_file(path: Path) -> TrustedKey:
+    text = path.read_text()
+    try:
+        key = load_public_text(text)
+    except KeyFormatError as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--key") from exc
+    parts = text.split()
+    name = parts[2] if text.startswith("ssh-ed25519 ") and len(parts) > 2 else ""
+    return TrustedKey.from_public(key, name)
+
+
+@click.group(epilog="\b\nExit codes:\n  0  success\n  2  usage error, unreadable file\n"
+             " 10  TrustFileError\n 11  RotationError")
+def trust() -> None:
+    """Create, sign, rotate and export trust files.
+
+    A trust file pins the Ed25519 keys that sign bundles, the threshold k of n, the product,
+    and optionally a sigstore identity policy. Rotation: a new trust file (higher version) is
+    accepted only when signed by `threshold` keys of the current one.
+    """
+
+
+@trust.command("create")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", "keys", multiple=True, required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Public key file (OpenSSH .pub from `sealfuse keygen`, or PEM). Repeat.")
+@click.option("--threshold", type=int, required=True, help="Signatures required (k of n).")
+@click.option("--product", default="sealfuse", show_default=True)
+@click.option("--version", "trust_version", type=int, default=1, show_default=True,
+              help="Trust file version; a rotation must raise it.")
+@click.option("--sigstore-identity", default=None, help="Required certificate identity (SAN).")
+@click.option("--sigstore-issuer", default=None, help="Required OIDC issuer.")
+@click.option("--sigstore-root", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="trusted_root.json for offline sigstore verification (stored inline).")
+@click.option("--sigstore-optional", is_flag=True,
+              help="Accept bundles without a sigstore bundle (default: required when configured).")
+def trust_create(out: Path, keys: tuple[Path, ...], threshold: int, product: str,
+                 trust_version: int, sigstore_identity: str | None, sigstore_issuer: str | None,
+                 sigstore_root: Path | None, sigstore_optional: bool) -> None:
+    """Write a new (unsigned) trust file. Refuses to overwrite OUT."""
+    policy = None
+    if any((sigstore_identity, sigstore_issuer, sigstore_root)):
+        if not (sigstore_identity and sigstore_issuer and sigstore_root):
+            raise click.UsageError("--sigstore-identity, --sigstore-issuer and --sigstore-root "
+                                   "go together")
+        policy = SigstorePolicy(sigstore_identity, sigstore_issuer,
+                                json.loads(sigstore_root.read_text()), not sigstore_optional)
+    if out.exists():
+        raise click.ClickException(f"{out} exists; refusing to overwrite a trust file")
+    try:
+        t = make_trust(product, [_trusted_key_from_file(p) for p in keys], threshold,
+                       trust_version, policy)
+    except VerificationError as exc:
+        _fail(exc, False)
+    t.write(out)
+    click.echo(f"trust file {out}: product {product}, version {trust_version}, "
+               f"{threshold} of {len(t.keys)} keys")
+
+
+@trust.command("sign")
+@click.argument("trust_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--key", "key_path", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path))
+def trust_sign(trust_file: Path, key_path: Path, passphrase_file: Path | None) -> None:
+    """Add KEY's signature to TRUST_FILE (a rotation candidate); holders of the current keys
+    sign in turn. Refuses a second signature by the same key."""
+    key = load_signing_key(key_path, passphrase_file)
+    try:
+        t = load_trust(trust_file).with_signature(key)
+    except VerificationError as exc:
+        _fail(exc, False)
+    t.write(trust_file)
+    click.echo(f"signed {trust_file} with {short_keyid(keyid_of(key.public_key()))}; "
+               f"{len(t.signatures)} signature(s)")
+
+
+@trust.command("accept")
+@click.argument("current", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("new", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--replace", is_flag=True,
+              help="Atomically replace CURRENT with the last accepted trust file.")
+def trust_accept(current: Path, new: tuple[Path, ...], replace: bool) -> None:
+    """Check a chain of rotations CURRENT -> NEW... ; each must raise the version and carry
+    signatures of the previous file's threshold. Exit 11 (RotationError) otherwise."""
+    try:
+        last = accept_chain(load_trust(current), [load_trust(p) for p in new])
+    except VerificationError as exc:
+        _fail(exc, False)
+    if replace:
+        write_atomic(current, new[-1].read_bytes())
+    click.echo(f"accepted: trust version {last.version}, {last.threshold} of {len(last.keys)} keys"
+               + (f"; {current} replaced" if replace else ""))
+
+
+@trust.command("allowed-signers")
+@click.argument("trust_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of stdout.")
+def trust_allowed_signers(trust_file: Path, out: Path | None) -> None:
+    """Print an OpenSSH allowed_signers file for `ssh-keygen -Y verify -n sealfuse-bundle`."""
+    try:
+        text = load_trust(trust_file).allowed_signers()
+    except VerificationError as exc:
+        _fail(exc, False)
+    if out:
+        write_atomic(out, text.encode())
+    else:
+        click.echo(text, nl=False)
+
+
+@trust.command("pem")
+@click.argument("trust_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("-d", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write <keyid>.pem per key here instead of printing.")
+def trust_pem(trust_file: Path, out_dir: Path | None) -> None:
+    """Export each trusted key as a PEM public key (for `openssl pkeyutl -verify -rawin`)."""
+    try:
+        t = load_trust(trust_file)
+    except VerificationError as exc:
+        _fail(exc, False)
+    for k in sorted(t.keys.values(), key=lambda k: k.keyid):
+        pem = pem_public(k.public_key)
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(out_dir / f"{k.keyid}.pem", pem.encode())
+        else:
+            click.echo(f"# {k.name} {k.keyid}\n{pem}", nl=False)
+
+
+@trust.command("show")
+@click.argument("trust_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def trust_show(trust_file: Path, as_json: bool) -> None:
+    """Print a trust file's product, version, threshold, keys and sigstore policy."""
+    try:
+        t = load_trust(trust_file)
+    except VerificationError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        doc = t.signed_json()
+        if t.sigstore is not None:
+            doc["sigstore"] = {"identity": t.sigstore.identity, "issuer": t.sigstore.issuer,
+                               "required": t.sigstore.required}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    click.echo(f"product {t.product}, trust version {t.version}, threshold {t.threshold} of "
+               f"{len(t.keys)}")
+    for k in sorted(t.keys.values(), key=lambda k: k.name):
+        click.echo(f"  {k.name}  {k.keyid}")
+    if t.sigstore:
+        click.echo(f"  sigstore: {t.sigstore.identity} via {t.sigstore.issuer} "
+                   f"({'required' if t.sigstore.required else 'optional'})")
+
+
+__all__ = ["EXIT_CODES", "keygen", "trust", "verify"]
