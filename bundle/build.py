@@ -315,20 +315,23 @@ def make_sbom(product: str, version: str, wheels: Sequence[tuple[Wheel, str]], e
     from packageurl import PackageURL
 
     seed = "\n".join([product, version, *(f"{w.name}=={w.version} {sha}" for w, sha in wheels)])
+    root = Component(name=product, version=version, type=ComponentType.APPLICATION,
+                     bom_ref=f"{product}@{version}")
     bom = Bom(
         serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"urn:sealfuse:sbom:{seed}"),
-        metadata=BomMetaData(
-            timestamp=dt.datetime.fromtimestamp(epoch, dt.UTC),
-            component=Component(name=product, version=version, type=ComponentType.APPLICATION,
-                                bom_ref=f"{product}@{version}"),
-        ),
+        metadata=BomMetaData(timestamp=dt.datetime.fromtimestamp(epoch, dt.UTC), component=root),
     )
+    components = []
     for wheel, sha in wheels:
         purl = PackageURL("pypi", name=wheel.name, version=wheel.version,
                           qualifiers={"file_name": wheel.path.name})
-        bom.components.add(Component(
+        component = Component(
             name=wheel.name, version=wheel.version, type=ComponentType.LIBRARY, purl=purl,
-            bom_ref=purl.to_string(), hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha)]))
+            bom_ref=purl.to_string(), hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha)])
+        bom.components.add(component)
+        components.append(component)
+    # The lock is installed flat (--no-deps): every wheel is a direct dependency of the product.
+    bom.register_dependency(root, components)
     return (JsonV1Dot6(bom).output_as_string(indent=2) + "\n").encode()
 
 

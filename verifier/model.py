@@ -6,6 +6,7 @@ The rest of the verifier and the installer only touch these frozen dataclasses, 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -178,13 +179,18 @@ class Manifest:
         try:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ManifestError(f"manifest.json is not JSON: {exc}") from exc
+            raise ManifestError(f"manifest.json is not JSON: {exc}",
+                            sha256=hashlib.sha256(raw).hexdigest()) from exc
         try:
-            if canonical(data) != raw:
+            canon = canonical(data)
+            if canon != raw:
                 raise ManifestError("manifest.json is not RFC 8785 canonical JSON "
-                                    "(re-serialising it changes its bytes)")
+                                    "(re-serialising it changes its bytes)",
+                                    actual_sha256=hashlib.sha256(raw).hexdigest(),
+                                    canonical_sha256=hashlib.sha256(canon).hexdigest())
         except (TypeError, ValueError, rfc8785.CanonicalizationError) as exc:
-            raise ManifestError(f"manifest.json cannot be canonicalised: {exc}") from exc
+            raise ManifestError(f"manifest.json cannot be canonicalised: {exc}",
+                                sha256=hashlib.sha256(raw).hexdigest()) from exc
         return cls.from_json(data)
 
     @classmethod
@@ -194,7 +200,8 @@ class Manifest:
         except ManifestError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ManifestError(f"manifest.json violates the schema: {exc!r}") from exc
+            raise ManifestError(f"manifest.json violates the schema: {exc!r}",
+                                detail=repr(exc)) from exc
 
 
 def _need(data: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -218,11 +225,13 @@ _KNOWN_FIELDS = {"_type", "spec_version", "product", "version", "created", "expi
 
 def _parse_manifest(data: Any) -> Manifest:
     if not isinstance(data, dict):
-        raise ManifestError("manifest.json must be a JSON object")
+        raise ManifestError("manifest.json must be a JSON object", actual=type(data).__name__)
     if data.get("_type") != MANIFEST_TYPE:
-        raise ManifestError(f"manifest _type must be {MANIFEST_TYPE!r}, got {data.get('_type')!r}")
+        raise ManifestError(f"manifest _type must be {MANIFEST_TYPE!r}, got {data.get('_type')!r}",
+                            expected=MANIFEST_TYPE, actual=data.get("_type"))
     if _need(data, "spec_version", int) != SPEC_VERSION:
-        raise ManifestError(f"unsupported manifest spec_version {data['spec_version']}")
+        raise ManifestError(f"unsupported manifest spec_version {data['spec_version']}",
+                            expected=SPEC_VERSION, actual=data["spec_version"])
     product = _need(data, "product", str)
     version = _need(data, "version", str)
     try:

@@ -158,7 +158,8 @@ def _as_time(now: dt.datetime | str | None) -> dt.datetime:
 
 
 def _check_header(h: Header) -> None:
-    reason = check_member_path(h.name)
+    name = h.name.rstrip("/") if h.typeflag == b"5" else h.name
+    reason = check_member_path(name)
     if reason:
         raise UnsafePathError(f"member {h.name!r} has an unsafe path: {reason}", path=h.name,
                               reason=reason)

@@ -1,0 +1,37 @@
+"""Fixtures for bundle tests: the bundle factory (keys, trust file, inputs) in a temp dir."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+FACTORY_NAME = "sealfuse_tests_bundle_factory"
+
+
+def load_factory() -> ModuleType:
+    """Import tests/bundle/factory.py under a unique name (tests run with importlib mode)."""
+    name = FACTORY_NAME
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("factory.py"))
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+FACTORY_MODULE = load_factory()  # test modules take it from sys.modules at collection time
+
+
+@pytest.fixture(scope="session")
+def factory_module() -> ModuleType:
+    return load_factory()
+
+
+@pytest.fixture
+def factory(tmp_path: Path, factory_module: ModuleType):  # type: ignore[no-untyped-def]
+    return factory_module.BundleFactory(tmp_path / "f")
