@@ -1,0 +1,212 @@
+"""The watch daemon's TOML configuration and the job manifest, each checked against a JSON schema.
+
+A missing config file means defaults; an invalid one is a `WatchConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+# Swap options a job (manifest or preset) may set. Paths, providers, threads and the
+# decompression-bomb limits stay with the operator's [engine] table.
+JOB_OPTIONS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "frame_processors": {"type": "array", "minItems": 1, "uniqueItems": True,
+                             "items": {"enum": ["face_swapper", "face_enhancer"]}},
+        "face_swapper_model": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        "face_enhancer_model": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        "face_enhancer_blend": {"type": "number", "minimum": 0, "maximum": 1},
+        "face_detector_model": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        "face_detector_score": {"type": "number", "minimum": 0, "maximum": 1},
+        "blend_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+        "face_mask_types": {"type": "array", "minItems": 1, "uniqueItems": True,
+                            "items": {"enum": ["box", "ellipse", "region"]}},
+        "face_mask_blur": {"type": "number", "minimum": 0, "maximum": 1},
+        "face_mask_padding": {"type": "array", "minItems": 4, "maxItems": 4,
+                              "items": {"type": "integer", "minimum": 0, "maximum": 100}},
+        "face_selector_mode": {"enum": ["many", "one", "reference"]},
+        "reference_face_distance": {"type": "number", "minimum": 0, "maximum": 4},
+        "detect_every": {"type": "integer", "minimum": 1, "maximum": 100},
+        "output_video_encoder": {"enum": ["libx264", "libx265", "h264_nvenc", "hevc_nvenc"]},
+        "output_video_quality": {"type": "integer", "minimum": 0, "maximum": 100},
+        "output_video_preset": {"enum": ["ultrafast", "superfast", "veryfast", "faster", "fast",
+                                         "medium", "slow", "slower", "veryslow"]},
+        "trim_frame_start": {"type": "integer", "minimum": 0},
+        "trim_frame_end": {"type": "integer", "minimum": 1},
+    },
+}
+
+ENGINE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **JOB_OPTIONS_SCHEMA["properties"],
+        "execution_providers": {"type": "array", "minItems": 1,
+                                "items": {"enum": ["cuda", "tensorrt", "cpu"]}},
+        "execution_threads": {"type": "integer", "minimum": 1, "maximum": 256},
+        "max_pixels": {"type": "integer", "minimum": 1},
+        "max_frames": {"type": "integer", "minimum": 1},
+    },
+}
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 255}
+
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "sealfuse watch-folder job manifest (*.job.json)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "target"],
+    "properties": {
+        "version": {"const": 1},
+        "source": NAME,
+        "target": NAME,
+        "reference": NAME,
+        "preset": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+        "label": {"type": "string", "maxLength": 200},
+        "options": JOB_OPTIONS_SCHEMA,
+    },
+    "anyOf": [{"required": ["source"]}, {"required": ["preset"]}],
+}
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "watch": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "stable_seconds": {"type": "number", "minimum": 0, "maximum": 3600},
+                "scan_interval": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                "concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
+                "job_timeout_seconds": {"type": "number", "exclusiveMinimum": 0},
+                "max_rss_mb": {"type": "integer", "minimum": 0},
+                "rss_poll_seconds": {"type": "number", "minimum": 0.05, "maximum": 60},
+                "max_attempts": {"type": "integer", "minimum": 1, "maximum": 100},
+                "retain_inputs": {"type": "boolean"},
+                "max_input_mb": {"type": "integer", "minimum": 1},
+                "manifest_max_bytes": {"type": "integer", "minimum": 64, "maximum": 16777216},
+                "manifest_wait_seconds": {"type": "number", "minimum": 0},
+                "orphan_seconds": {"type": "number", "minimum": 0},
+                "shutdown_grace_seconds": {"type": "number", "minimum": 0},
+                "worker_start_timeout_seconds": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "engine": ENGINE_SCHEMA,
+        "gpu": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                # -> SwapOptions.max_memory_gb -> CUDA gpu_mem_limit / TensorRT workspace
+                "memory_limit_gb": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "presets": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["source"],
+                "properties": {
+                    "source": {"type": "string", "minLength": 1},
+                    "reference": {"type": "string", "minLength": 1},
+                    "options": JOB_OPTIONS_SCHEMA,
+                },
+            },
+        },
+    },
+}
+
+
+class WatchConfigError(Exception):
+    """The configuration file is unreadable, not TOML, or breaks the schema."""
+
+    def __init__(self, message: str, **evidence: Any) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: Path
+    reference: Path | None
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    stable_seconds: float = 5.0
+    scan_interval: float = 2.0
+    concurrency: int = 1
+    job_timeout_seconds: float = 900.0
+    max_rss_mb: int = 8192
+    rss_poll_seconds: float = 0.25
+    max_attempts: int = 3
+    retain_inputs: bool = False
+    max_input_mb: int = 4096
+    manifest_max_bytes: int = 65536
+    manifest_wait_seconds: float = 300.0
+    orphan_seconds: float = 3600.0
+    shutdown_grace_seconds: float = 30.0
+    worker_start_timeout_seconds: float = 600.0
+    engine: dict[str, Any] = field(default_factory=dict)
+    gpu_memory_limit_gb: float | None = None
+    presets: dict[str, Preset] = field(default_factory=dict)
+    source_file: str | None = None
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for the worker's base SwapOptions."""
+        opts = dict(self.engine)
+        if self.gpu_memory_limit_gb is not None:
+            opts["max_memory_gb"] = self.gpu_memory_limit_gb
+        return opts
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    return f"{where}: {err.message}"
+
+
+def validate(instance: Any, schema: dict[str, Any]) -> list[str]:
+    """Every schema violation as 'dotted.path: message', most specific first; [] when valid."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
+    return [_schema_message(e) for e in errors]
+
+
+def load_config(path: Path | None) -> WatchConfig:
+    """Read and validate `path`; a missing file (or None) means the defaults."""
+    if path is None or not path.exists():
+        return WatchConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WatchConfigError(f"cannot read config {path}: {exc}", path=str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise WatchConfigError(f"config {path} is not valid TOML: {exc}", path=str(path)) from exc
+    problems = validate(data, CONFIG_SCHEMA)
+    if problems:
+        raise WatchConfigError(f"config {path} is invalid: " + "; ".join(problems),
+                               path=str(path), problems=problems)
+    watch = data.get("watch", {})
+    presets = {}
+    for name, table in data.get("presets", {}).items():
+        src = Path(table["source"])
+        ref = Path(table["reference"]) if "reference" in table else None
+        if not src.is_absolute() or (ref is not None and not ref.is_absolute()):
+            raise WatchConfigError(f"config {path}: presets.{name}: source and reference must be absolute paths",
+                                   path=str(path), preset=name)
+        presets[name] = Preset(name, src, ref, dict(table.get("options", {})))
+    return WatchConfig(**watch, engine=dict(data.get("engine", {})),
+                       gpu_memory_limit_gb=data.get("gpu", {}).get("memory_limit_gb"),
+                       presets=presets, source_file=str(path))

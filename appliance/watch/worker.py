@@ -1,0 +1,127 @@
+"""The supervised worker process: loads the models once, then runs jobs sent as JSON lines on stdin.
+
+Protocol (one JSON object per line): daemon -> worker `init`, then `job`s; worker -> daemon `ready`
+(or `fatal`), `progress`, and one `result` per job. Core dumps are off (RLIMIT_CORE=0), the
+worker dies with its parent (PR_SET_PDEATHSIG) and leaves SIGTERM to the daemon.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+TUPLE_FIELDS = ("frame_processors", "face_mask_types", "face_mask_padding", "execution_providers")
+TEST_HOOKS_ENV = "SEALFUSE_TEST_HOOKS"
+
+
+def harden_process() -> None:
+    """No core files, private umask, die with the daemon, leave SIGTERM/SIGINT to the daemon."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.umask(0o077)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE=0: no core, no ptrace by peers
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def to_options_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in opts.items():
+        if k in TUPLE_FIELDS and isinstance(v, list):
+            v = tuple(v)
+        if k in ("models_dir", "reference_face_image") and v is not None:
+            v = Path(v)
+        out[k] = v
+    return out
+
+
+def _send(out: IO[str], msg: dict[str, Any]) -> None:
+    out.write(json.dumps(msg, default=str) + "\n")
+    out.flush()
+
+
+def _test_hook(target: str) -> None:
+    """Failure injection for the daemon's own tests, active only with SEALFUSE_TEST_HOOKS=1."""
+    name = Path(target).name
+    if "__abort__" in name:
+        os.abort()
+    if "__hang__" in name:
+        while True:
+            time.sleep(3600)
+    if "__hog__" in name:
+        hog = []
+        while True:  # touch every page so the memory is resident
+            hog.append(bytearray(b"\1" * (64 * 1024 * 1024)))
+            time.sleep(0.02)
+    if "__slow__" in name:
+        time.sleep(float(os.environ.get("SEALFUSE_TEST_SLOW_SECONDS", "3")))
+
+
+def main() -> int:
+    harden_process()
+    proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # native libraries that print to stdout must not corrupt the protocol
+    sys.stdout = sys.stderr
+    hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    init = json.loads(line)
+    from sealfuse.engine.api import Engine
+    from sealfuse.engine.errors import EngineError
+    from sealfuse.engine.options import SwapOptions
+
+    t0 = time.monotonic()
+    try:
+        engine = Engine(SwapOptions(**to_options_kwargs(init.get("options", {}))))
+    except EngineError as exc:
+        _send(proto, {"op": "fatal", "error": exc.to_dict()})
+        return 3
+    except Exception as exc:  # a bug or an unusable install: tell the daemon, then exit
+        _send(proto, {"op": "fatal", "error": {"reason": "worker_init_failed", "message": repr(exc),
+                                               "evidence": {"traceback": traceback.format_exc()}}})
+        return 3
+    _send(proto, {"op": "ready", "pid": os.getpid(), "load_seconds": round(time.monotonic() - t0, 3)})
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg.get("op") != "job":
+            continue
+        job_id = msg["job_id"]
+
+        def progress(info: dict[str, Any], job_id: str = job_id) -> None:
+            _send(proto, {"op": "progress", "job_id": job_id, "info": info})
+
+        started = time.monotonic()
+        try:
+            if hooks:
+                _test_hook(msg["target"])
+            opts = engine.options.with_(**to_options_kwargs(msg.get("options", {})))
+            report = engine.swap_file(Path(msg["source"]), Path(msg["target"]), Path(msg["output"]), opts,
+                                      progress=progress)
+            _send(proto, {"op": "result", "job_id": job_id, "ok": True, "report": report,
+                          "seconds": time.monotonic() - started})
+        except EngineError as exc:
+            _send(proto, {"op": "result", "job_id": job_id, "ok": False, "error": exc.to_dict(),
+                          "seconds": time.monotonic() - started})
+        except Exception as exc:
+            _send(proto, {"op": "result", "job_id": job_id, "ok": False, "seconds": time.monotonic() - started,
+                          "error": {"error": type(exc).__name__, "reason": "internal_error",
+                                    "message": repr(exc), "evidence": {"traceback": traceback.format_exc()}}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
