@@ -113,7 +113,7 @@ def verify(bundle: Path, trust_path: Path, as_json: bool, floor_version: str | N
 # -- keygen ----------------------------------------------------------------------------------------
 @click.command(epilog="\b\nExit codes:\n  0  key written\n  1  the key file exists or cannot be written\n  2  usage error")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Private key path (written 0600, OpenSSH format); the public key goes to OUT.pub.")
+              help="Private key path (written 0600); the public key goes to OUT.pub.")
 @click.option("--name", default="", help="Principal name for allowed_signers (one word). "
               "Default: sealfuse-<short key id>.")
 @click.option("--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
@@ -123,8 +123,8 @@ def verify(bundle: Path, trust_path: Path, as_json: bool, floor_version: str | N
 def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_json: bool) -> None:
     """Create an Ed25519 signing key pair.
 
-    The private key is in OpenSSH format (so `ssh-keygen -Y sign` can use it too), mode 0600,
-    bcrypt-encrypted when a passphrase is given. Prints the key id: sha256 of the raw 32-byte
+    The private key is written mode 0600: in OpenSSH format without a passphrase (so
+    `ssh-keygen -Y sign` can use it too), as encrypted PKCS#8 PEM with one. Prints the key id: sha256 of the raw 32-byte
     public key in hex; the short form is its first 16 hex digits.
     """
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

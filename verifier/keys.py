@@ -10,7 +10,7 @@ import base64
 import hashlib
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -93,7 +93,7 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
             key = serialization.load_ssh_private_key(data, passphrase)
         else:
             key = serialization.load_pem_private_key(data, passphrase)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFormatError(f"cannot load private key {path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFormatError(f"{path} is not an Ed25519 key: {type(key).__name__}")
@@ -108,7 +108,7 @@ def private_key_encrypted(path: Path) -> bool:
             serialization.load_ssh_private_key(data, None)
         else:
             serialization.load_pem_private_key(data, None)
-    except TypeError:
+    except (TypeError, UnsupportedAlgorithm):
         return True
     except ValueError:
         return False
@@ -116,14 +116,14 @@ def private_key_encrypted(path: Path) -> bool:
 
 
 def serialize_private(key: Ed25519PrivateKey, passphrase: bytes | None = None) -> bytes:
-    """OpenSSH private key format (usable by `ssh-keygen -Y sign`), bcrypt-encrypted if asked."""
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase
-        else serialization.NoEncryption()
-    )
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption
-    )
+    """Unencrypted: OpenSSH private key format (usable by `ssh-keygen -Y sign` as is).
+    With a passphrase: encrypted PKCS#8 PEM (OpenSSH's own encryption needs the bcrypt module,
+    which the verifier does not depend on)."""
+    if passphrase:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.BestAvailableEncryption(passphrase))
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                             serialization.NoEncryption())
 
 
 def verify_raw(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:

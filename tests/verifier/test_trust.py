@@ -1,0 +1,181 @@
+"""Keys and trust files: keygen output, trust schema, and k-of-n rotation chains."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sealfuse.verifier import load_trust, verify_bundle
+from sealfuse.verifier.errors import RotationError, TrustFileError, UnsignedManifestError
+from sealfuse.verifier.keys import KeyFormatError, keyid_of, load_private_key, raw_public
+from sealfuse.verifier.trust import TrustedKey, accept_chain, accept_rotation, make_trust
+
+from sealfuse.cli import main
+
+NOW = "2026-06-01T00:00:00Z"
+
+
+def _keygen(tmp_path: Path, name: str, *extra: str) -> dict[str, object]:
+    result = CliRunner().invoke(main, ["keygen", "--out", str(tmp_path / name), "--name", name,
+                                       "--json", *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_keygen_writes_private_key_0600_and_prints_sha256_key_id(tmp_path: Path) -> None:
+    info = _keygen(tmp_path, "alice")
+    priv = tmp_path / "alice"
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o600
+    key = load_private_key(priv)
+    assert info["keyid"] == hashlib.sha256(raw_public(key.public_key())).hexdigest()
+    assert info["short"] == str(info["keyid"])[:16]
+    assert (tmp_path / "alice.pub").read_text().startswith("ssh-ed25519 ")
+    assert (tmp_path / "alice.pub").read_text().split()[2] == "alice"
+
+
+def test_keygen_refuses_to_overwrite_a_key(tmp_path: Path) -> None:
+    _keygen(tmp_path, "alice")
+    before = (tmp_path / "alice").read_bytes()
+    result = CliRunner().invoke(main, ["keygen", "--out", str(tmp_path / "alice")])
+    assert result.exit_code == 1
+    assert (tmp_path / "alice").read_bytes() == before
+
+
+def test_keygen_passphrase_encrypts_the_private_key(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("correct horse\n")
+    _keygen(tmp_path, "bob", "--passphrase-file", str(pw))
+    with pytest.raises(KeyFormatError):
+        load_private_key(tmp_path / "bob", None)
+    with pytest.raises(KeyFormatError):
+        load_private_key(tmp_path / "bob", b"wrong")
+    assert isinstance(load_private_key(tmp_path / "bob", b"correct horse"), Ed25519PrivateKey)
+
+
+def test_trust_create_from_keygen_public_keys_and_show(tmp_path: Path) -> None:
+    for n in ("alice", "bob", "carol"):
+        _keygen(tmp_path, n)
+    out = tmp_path / "trust.json"
+    args = ["trust", "create", "--out", str(out), "--threshold", "2"]
+    for n in ("alice", "bob", "carol"):
+        args += ["--key", str(tmp_path / f"{n}.pub")]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    trust = load_trust(out)
+    assert trust.threshold == 2 and len(trust.keys) == 3 and trust.product == "sealfuse"
+    assert sorted(k.name for k in trust.keys.values()) == ["alice", "bob", "carol"]
+    shown = CliRunner().invoke(main, ["trust", "show", str(out), "--json"])
+    assert json.loads(shown.output)["threshold"] == 2
+
+
+@pytest.mark.parametrize("threshold", [0, 4])
+def test_threshold_outside_one_to_n_is_refused(threshold: int) -> None:
+    keys = [TrustedKey.from_public(Ed25519PrivateKey.generate().public_key()) for _ in range(3)]
+    with pytest.raises(TrustFileError):
+        make_trust("sealfuse", keys, threshold)
+
+
+def test_trust_file_whose_key_id_does_not_match_its_key_is_refused(tmp_path: Path) -> None:
+    trust = make_trust("sealfuse", [TrustedKey.from_public(
+        Ed25519PrivateKey.generate().public_key())], 1)
+    data = trust.to_json()
+    data["signed"]["keys"][0]["keyid"] = "0" * 64
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(TrustFileError) as info:
+        load_trust(path)
+    assert info.value.evidence["actual"] == "0" * 64
+
+
+def _gen(n: int) -> list[Ed25519PrivateKey]:
+    return [Ed25519PrivateKey.generate() for _ in range(n)]
+
+
+def _trust(keys: list[Ed25519PrivateKey], k: int, version: int):  # type: ignore[no-untyped-def]
+    return make_trust("sealfuse", [TrustedKey.from_public(x.public_key()) for x in keys], k,
+                      version)
+
+
+def test_chain_of_two_rotations_is_accepted_when_each_has_the_old_threshold() -> None:
+    a, b, c, d, e = _gen(5)
+    t1 = _trust([a, b, c], 2, 1)
+    t2 = _trust([c, d, e], 2, 2).with_signature(a).with_signature(b)
+    t3 = _trust([e], 1, 3).with_signature(d).with_signature(e)
+    last = accept_chain(t1, [t2, t3])
+    assert last.version == 3
+    assert set(last.keys) == {keyid_of(e.public_key())}
+
+
+@pytest.mark.parametrize("case", ["too-few", "wrong-keys", "same-key-twice", "version-not-raised",
+                                  "edited-after-signing", "second-hop-signed-by-old-keys"])
+def test_rotation_without_the_current_threshold_is_refused(case: str) -> None:
+    a, b, c, d, e = _gen(5)
+    t1 = _trust([a, b, c], 2, 1)
+    chain = []
+    if case == "too-few":
+        chain = [_trust([d, e], 2, 2).with_signature(a)]
+    elif case == "wrong-keys":
+        chain = [_trust([d, e], 2, 2).with_signature(d).with_signature(e)]
+    elif case == "same-key-twice":
+        t2 = _trust([d, e], 2, 2).with_signature(a)
+        sig = t2.signatures[0]
+        chain = [type(t2)(t2.product, t2.version, t2.threshold, t2.keys, None, (sig, sig))]
+    elif case == "version-not-raised":
+        chain = [_trust([d, e], 2, 1).with_signature(a).with_signature(b)]
+    elif case == "edited-after-signing":
+        t2 = _trust([d, e], 2, 2).with_signature(a).with_signature(b)
+        chain = [type(t2)(t2.product, t2.version, 1, t2.keys, None, t2.signatures)]
+    elif case == "second-hop-signed-by-old-keys":
+        t2 = _trust([d, e], 2, 2).with_signature(a).with_signature(b)
+        t3 = _trust([c], 1, 3).with_signature(a).with_signature(b)  # a, b no longer trusted
+        chain = [t2, t3]
+    with pytest.raises(RotationError) as info:
+        accept_chain(t1, chain)
+    assert "threshold" in info.value.evidence or "expected_above" in info.value.evidence
+
+
+def test_signing_a_trust_file_twice_with_one_key_is_refused() -> None:
+    (a,) = _gen(1)
+    with pytest.raises(RotationError):
+        _trust([a], 1, 2).with_signature(a).with_signature(a)
+
+
+def test_rotation_via_cli_replaces_the_pinned_trust_and_new_keys_then_verify(
+        factory: object, tmp_path: Path) -> None:
+    """Bundles signed by the new keys verify only after the rotation is accepted."""
+    new_keys = _gen(2)
+    old_trust = factory.trust  # type: ignore[attr-defined]
+    pinned = factory.trust_path  # type: ignore[attr-defined]
+    candidate = tmp_path / "trust-v2.json"
+    _trust(new_keys, 2, 2).write(candidate)
+    runner = CliRunner()
+    for i in (0, 1):
+        res = runner.invoke(main, ["trust", "sign", str(candidate), "--key",
+                                   str(factory.key_path(i))])  # type: ignore[attr-defined]
+        assert res.exit_code == 0, res.output
+    bundle = factory.build(signers=(), extra_keys=new_keys)  # type: ignore[attr-defined]
+    with pytest.raises(UnsignedManifestError):
+        verify_bundle(bundle, old_trust, now=NOW)
+    res = runner.invoke(main, ["trust", "accept", str(pinned), str(candidate), "--replace"])
+    assert res.exit_code == 0, res.output
+    assert load_trust(pinned).version == 2
+    assert len(verify_bundle(bundle, load_trust(pinned), now=NOW).signers) == 2
+
+
+def test_cli_refuses_rotation_signed_by_one_of_two_with_exit_11(factory: object,
+                                                                tmp_path: Path) -> None:
+    candidate = tmp_path / "trust-v2.json"
+    _trust(_gen(2), 1, 2).write(candidate)
+    runner = CliRunner()
+    runner.invoke(main, ["trust", "sign", str(candidate), "--key",
+                         str(factory.key_path(0))])  # type: ignore[attr-defined]
+    pinned = factory.trust_path  # type: ignore[attr-defined]
+    before = pinned.read_bytes()
+    res = runner.invoke(main, ["trust", "accept", str(pinned), str(candidate), "--replace"])
+    assert res.exit_code == 11
+    assert pinned.read_bytes() == before
+    assert accept_rotation is not None
