@@ -785,7 +785,7 @@ class Daemon:
         """Quarantine a claimed job into failed/<job-id>/ with error.json (and its inputs)."""
         assert self.db is not None
         inputs = [{"from": os.path.relpath(job.wdir / "in" / f["name"], self.p.spool),
-                   "name": safe_name(f["name"]), "original": f["from"], "discard": not keep_media}
+                   "name": safe_name(f["name"]), "drop": f["from"], "discard": not keep_media}
                   for f in job.claim["files"]]
         self._write_quarantine(job.job_id, err, inputs, seen=job.claim.get("seen"),
                                claimed=job.claim.get("claimed"), digests=job.digests)
@@ -802,7 +802,7 @@ class Daemon:
     def _quarantine_drop(self, paths: list[Path], err: dict[str, Any], *, seen: str) -> None:
         """Move a bad drop (never opened beyond lstat/header reads) into failed/<job-id>/."""
         jid = self._new_job_id(safe_name(paths[0].name).split(".")[0])
-        inputs = [{"from": self._rel(p), "name": safe_name(p.name), "original": ascii(p.name), "discard": False}
+        inputs = [{"from": self._rel(p), "name": safe_name(p.name), "drop": self._rel(p), "discard": False}
                   for p in paths]
         self._write_quarantine(jid, err, inputs, seen=seen, claimed=None, digests={})
         for p in paths:
