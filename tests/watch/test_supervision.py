@@ -1,0 +1,134 @@
+"""A crashing, hanging or memory-hungry job fails alone; the daemon and the next job live on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+from watchlib import WatchEnv, png_variant, wait_for
+
+
+def _restarts(env: WatchEnv) -> dict[str, float]:
+    out = {}
+    for fam in text_string_to_metric_families((env.state / "sealfuse.prom").read_text()):
+        for s in fam.samples:
+            if s.name == "sealfuse_worker_restarts_total":
+                out[s.labels["reason"]] = s.value
+    return out
+
+
+def test_native_abort_in_the_worker_fails_only_that_job(watch_env: WatchEnv) -> None:
+    env = watch_env
+    png_variant(env.hanks, env.inbox / "tom" / "boom__abort__.png", 1)
+    png_variant(env.hanks, env.inbox / "tom" / "fine.png", 2)
+    proc = env.run_once()
+    assert proc.returncode == 0, proc.stdout.decode()[-2000:]
+    assert set(env.done()) == {"inbox/tom/fine.png"}
+    err = env.failed()["inbox/tom/boom__abort__.png"]
+    assert err["reason"] == "worker_crashed" and err["evidence"]["signal"] == "SIGABRT"
+    assert (env.spool / "failed" / err["job_id"] / "input" / "boom__abort__.png").is_file()
+    assert _restarts(env) == {"crash": 1.0}
+    assert not list(Path(env.root).rglob("core*")), "RLIMIT_CORE=0: no core file"
+    assert env.residue() == []
+
+
+def test_job_past_its_timeout_is_killed_and_failed(watch_env: WatchEnv) -> None:
+    env = watch_env
+    env.write_config({"job_timeout_seconds": 2})
+    png_variant(env.hanks, env.inbox / "tom" / "stuck__hang__.png", 3)
+    png_variant(env.hanks, env.inbox / "tom" / "after.png", 4)
+    assert env.run_once().returncode == 0
+    assert env.reasons() == {"inbox/tom/stuck__hang__.png": "timeout"}
+    assert set(env.done()) == {"inbox/tom/after.png"}
+    assert _restarts(env) == {"timeout": 1.0}
+    assert env.residue() == []
+
+
+def test_rss_guard_kills_a_job_over_the_memory_limit(watch_env: WatchEnv) -> None:
+    env = watch_env
+    env.write_config({"max_rss_mb": 900, "rss_poll_seconds": 0.1})
+    png_variant(env.hanks, env.inbox / "tom" / "greedy__hog__.png", 5)
+    png_variant(env.hanks, env.inbox / "tom" / "modest.png", 6)
+    assert env.run_once().returncode == 0
+    err = env.failed()["inbox/tom/greedy__hog__.png"]
+    assert err["reason"] == "memory_limit" and err["evidence"]["rss_bytes"] > 900 * 1024 * 1024
+    assert set(env.done()) == {"inbox/tom/modest.png"}
+    assert _restarts(env) == {"memory_limit": 1.0}
+
+
+def test_sigterm_finishes_the_running_job_within_the_grace_period(watch_env: WatchEnv) -> None:
+    env = watch_env
+    daemon = env.start(SEALFUSE_TEST_SLOW_SECONDS="2")
+    env.wait_ready()
+    png_variant(env.hanks, env.inbox / "tom" / "patient__slow__.png", 7)
+    wait_for(lambda: env.events("started_job"), 30, "the job to start")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    assert set(env.done()) == {"inbox/tom/patient__slow__.png"}
+    assert env.residue() == []
+
+
+def test_sigterm_past_the_grace_period_puts_the_job_back_into_the_inbox(watch_env: WatchEnv) -> None:
+    env = watch_env
+    env.write_config({"shutdown_grace_seconds": 1})
+    daemon = env.start()
+    env.wait_ready()
+    png_variant(env.hanks, env.inbox / "tom" / "long__hang__.png", 8)
+    wait_for(lambda: env.events("started_job"), 30, "the job to start")
+    worker = psutil.Process(daemon.pid).children()[0]
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(60) == 0
+    assert (env.inbox / "tom" / "long__hang__.png").is_file()
+    assert not list((env.spool / "work").iterdir()) and env.done() == {} and env.failed() == {}
+    assert env.events("requeued")[0]["drop"] == ["inbox/tom/long__hang__.png"]
+    wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 10, "worker exit")
+    # Handed back, not remembered as pending: the next run takes it again (and is not a duplicate).
+    (env.inbox / "tom" / "long__hang__.png").rename(env.inbox / "tom" / "long.png")
+    assert env.run_once().returncode == 0
+    assert set(env.done()) == {"inbox/tom/long.png"}
+
+
+def _recv_all(sock: socket.socket, seconds: float) -> list[str]:
+    msgs, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            msgs.append(sock.recv(4096).decode())
+        except TimeoutError:
+            break
+    return msgs
+
+
+def test_sd_notify_ready_status_and_watchdog_stop_when_the_loop_hangs(watch_env: WatchEnv,
+                                                                      tmp_path: Path) -> None:
+    env = watch_env
+    name = f"@sealfuse-test-{os.getpid()}-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name[1:])
+    hang = tmp_path / "hang"
+    daemon = env.start(NOTIFY_SOCKET=name, WATCHDOG_USEC="400000", SEALFUSE_TEST_HANG_FILE=str(hang))
+    try:
+        msgs: list[str] = []
+        wait_for(lambda: msgs.extend(_recv_all(sock, 0.2)) or any("READY=1" in m for m in msgs), 90,
+                 "READY=1")
+        ready = next(m for m in msgs if "READY=1" in m)
+        assert "STATUS=ready; queue 0; running none" in ready
+        png_variant(env.hanks, env.inbox / "tom" / "n.png", 9)
+        msgs = _recv_all(sock, 2.0)
+        assert sum(m == "WATCHDOG=1" for m in msgs) >= 3  # every 0.2 s (half of 0.4 s)
+        assert any(m.startswith("STATUS=") and "running 2" in m for m in msgs) or env.done()
+        hang.touch()  # the main loop blocks: pings must stop
+        time.sleep(0.5)
+        assert [m for m in _recv_all(sock, 1.5) if m == "WATCHDOG=1"] == []
+        hang.unlink()
+        assert "WATCHDOG=1" in _recv_all(sock, 1.0)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0
+        assert "STOPPING=1" in _recv_all(sock, 0.5)
+    finally:
+        sock.close()
