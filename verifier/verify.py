@@ -57,6 +57,7 @@ from sealfuse.verifier.sshsig import parse as parse_sshsig
 from sealfuse.verifier.trust import Trust
 
 MAX_SIGNATURE_BYTES = 1 << 20
+MAX_SIGNATURE_FILES = 256
 RAW_SIG = re.compile(r"^signatures/([0-9a-f]{64})\.sig$")
 SSH_SIG = re.compile(r"^signatures/[A-Za-z0-9._-]+\.sshsig$")
 
@@ -328,6 +329,9 @@ def _scan(bundle_path: Path, trust: Trust | None, *, floor_version: str | None,
             _check_header(h)
             if h.name in seen:
                 raise DuplicateMemberError(f"member {h.name!r} occurs twice", path=h.name)
+            if len(sig_files) >= MAX_SIGNATURE_FILES:
+                raise ArchiveLayoutError(f"more than {MAX_SIGNATURE_FILES} signature files",
+                                         path=h.name, limit=MAX_SIGNATURE_FILES)
             if h.size > MAX_SIGNATURE_BYTES:
                 raise ArchiveLayoutError(f"signature file {h.name!r} is {h.size} bytes",
                                          path=h.name, size=h.size)

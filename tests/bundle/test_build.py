@@ -250,3 +250,16 @@ def test_k_holders_sign_in_turn_with_the_cli_then_verify(factory: object, tmp_pa
                                "--now", NOW])
     assert res.exit_code == 0, res.output
     assert verify_bundle(bundle, factory.trust, now=NOW).version == "2.0.1"  # type: ignore[attr-defined]
+
+
+def test_requirements_are_fetched_with_pip_download_for_the_target_platform(
+        factory: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real `pip download`, pointed at a local directory instead of an index (no network)."""
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("sfhelper==0.3.1\n")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(factory.inputs().wheelhouse))  # type: ignore[attr-defined]
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    result = build_bundle(factory.inputs(wheelhouse=empty, requirements=[reqs]))  # type: ignore[attr-defined]
+    assert [(e.name, e.version) for e in result.manifest.lock] == [("sfhelper", "0.3.1")]

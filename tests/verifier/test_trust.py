@@ -179,3 +179,22 @@ def test_cli_refuses_rotation_signed_by_one_of_two_with_exit_11(factory: object,
     assert res.exit_code == 11
     assert pinned.read_bytes() == before
     assert accept_rotation is not None
+
+
+def test_sigstore_trusted_root_may_be_a_path_relative_to_the_trust_file(tmp_path: Path) -> None:
+    root = {"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1"}
+    (tmp_path / "trusted_root.json").write_text(json.dumps(root))
+    trust = make_trust("sealfuse", [TrustedKey.from_public(
+        Ed25519PrivateKey.generate().public_key())], 1)
+    data = trust.to_json()
+    data["signed"]["sigstore"] = {"identity": "release@example.org",
+                                  "issuer": "https://accounts.example.org",
+                                  "trusted_root": "trusted_root.json"}
+    path = tmp_path / "trust.json"
+    path.write_text(json.dumps(data))
+    loaded = load_trust(path)
+    assert loaded.sigstore is not None and dict(loaded.sigstore.trusted_root) == root
+    assert loaded.sigstore.required
+    (tmp_path / "trusted_root.json").unlink()
+    with pytest.raises(TrustFileError):
+        load_trust(path)
