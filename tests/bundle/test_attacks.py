@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from sealfuse.verifier import extract_bundle, verify_bundle
@@ -15,18 +16,18 @@ F = sys.modules["sealfuse_tests_bundle_factory"]  # loaded by conftest.py
 
 @pytest.mark.parametrize("attack", F.ATTACKS, ids=[a.name for a in F.ATTACKS])
 def test_tampered_bundle_is_rejected_with_its_error_class_and_extracts_nothing(
-        attack: object, tmp_path: Path, factory_module: ModuleType) -> None:
+        attack: Any, tmp_path: Path, factory_module: ModuleType) -> None:
     factory = factory_module.BundleFactory(tmp_path / "f")
-    bundle = attack.make(factory)  # type: ignore[attr-defined]
-    kwargs = {"now": F.NOW, **attack.verify_kwargs}  # type: ignore[attr-defined]
+    bundle = attack.make(factory)
+    kwargs = {"now": F.NOW, **attack.verify_kwargs}
     with pytest.raises(VerificationError) as info:
         verify_bundle(bundle, factory.trust, **kwargs)
-    assert type(info.value) is attack.error  # type: ignore[attr-defined]
-    assert info.value.exit_code == attack.error.exit_code  # type: ignore[attr-defined]
+    assert type(info.value) is attack.error
+    assert info.value.exit_code == attack.error.exit_code
     assert info.value.evidence, "every rejection carries its evidence"
 
     dest = tmp_path / "dest"
-    with pytest.raises(attack.error):  # type: ignore[attr-defined]
+    with pytest.raises(attack.error):
         extract_bundle(bundle, factory.trust, dest, **kwargs)
     assert not dest.exists()
 

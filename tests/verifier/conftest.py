@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -33,5 +34,5 @@ def factory_module() -> ModuleType:
 
 
 @pytest.fixture
-def factory(tmp_path: Path, factory_module: ModuleType):  # type: ignore[no-untyped-def]
+def factory(tmp_path: Path, factory_module: ModuleType) -> Any:
     return factory_module.BundleFactory(tmp_path / "f")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -38,16 +39,16 @@ def _cli(*args: str) -> str:
 
 @needs_ssh
 def test_ssh_keygen_verifies_every_sshsig_with_allowed_signers_from_the_trust_file(
-        factory: object, tmp_path: Path) -> None:
-    bundle = factory.build()  # type: ignore[attr-defined]
+        factory: Any, tmp_path: Path) -> None:
+    bundle = factory.build()
     d = _extract(bundle, tmp_path / "audit")
     allowed = tmp_path / "allowed_signers"
-    _cli("trust", "allowed-signers", str(factory.trust_path), "-o", str(allowed))  # type: ignore[attr-defined]
+    _cli("trust", "allowed-signers", str(factory.trust_path), "-o", str(allowed))
     sigs = sorted((d / "signatures").glob("*.sshsig"))
     assert len(sigs) == 2
     for sig in sigs:
         keyid = sig.name.removesuffix(".sshsig")
-        name = factory.trust.keys[keyid].name  # type: ignore[attr-defined]
+        name = factory.trust.keys[keyid].name
         with open(d / "manifest.json", "rb") as stdin:
             proc = subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", name,
                                    "-n", "sealfuse-bundle", "-s", str(sig)],
@@ -63,12 +64,12 @@ def test_ssh_keygen_verifies_every_sshsig_with_allowed_signers_from_the_trust_fi
 
 
 @needs_openssl
-def test_openssl_verifies_every_raw_signature_with_the_pem_key(factory: object,
+def test_openssl_verifies_every_raw_signature_with_the_pem_key(factory: Any,
                                                                tmp_path: Path) -> None:
-    bundle = factory.build()  # type: ignore[attr-defined]
+    bundle = factory.build()
     d = _extract(bundle, tmp_path / "audit")
     pems = tmp_path / "pem"
-    _cli("trust", "pem", str(factory.trust_path), "-d", str(pems))  # type: ignore[attr-defined]
+    _cli("trust", "pem", str(factory.trust_path), "-d", str(pems))
     sigs = sorted((d / "signatures").glob("*.sig"))
     assert len(sigs) == 2
     for sig in sigs:
@@ -86,27 +87,27 @@ def test_openssl_verifies_every_raw_signature_with_the_pem_key(factory: object,
 
 
 @needs_ssh
-def test_sshsig_made_by_ssh_keygen_counts_towards_the_threshold(factory: object,
+def test_sshsig_made_by_ssh_keygen_counts_towards_the_threshold(factory: Any,
                                                                 tmp_path: Path) -> None:
     # signer0 signs with sealfuse; signer1 holds the same kind of key file and signs with
     # stock `ssh-keygen -Y sign` (our keygen writes OpenSSH private keys).
-    bundle = factory.build(signers=(0,))  # type: ignore[attr-defined]
-    trust = load_trust(factory.trust_path)  # type: ignore[attr-defined]
+    bundle = factory.build(signers=(0,))
+    trust = load_trust(factory.trust_path)
     with pytest.raises(UnsignedManifestError):
         verify_bundle(bundle, trust, now=NOW)
     manifest = tmp_path / "manifest.json"
     _cli("bundle", "manifest", str(bundle), "-o", str(manifest))
-    key = factory.key_path(1)  # type: ignore[attr-defined]
+    key = factory.key_path(1)
     subprocess.run(["ssh-keygen", "-Y", "sign", "-f", str(key), "-n", "sealfuse-bundle",
                     str(manifest)], check=True, capture_output=True)
     _cli("bundle", "sign", str(bundle), "--sshsig", str(manifest) + ".sig")
     result = verify_bundle(bundle, trust, now=NOW)
-    assert set(result.signers) == {keyid_of(factory.keys[0].public_key()),  # type: ignore[attr-defined]
-                                   keyid_of(factory.keys[1].public_key())}  # type: ignore[attr-defined]
+    assert set(result.signers) == {keyid_of(factory.keys[0].public_key()),
+                                   keyid_of(factory.keys[1].public_key())}
 
 
 @needs_ssh
-def test_key_generated_by_ssh_keygen_can_be_trusted_and_sign(factory: object,
+def test_key_generated_by_ssh_keygen_can_be_trusted_and_sign(factory: Any,
                                                             tmp_path: Path) -> None:
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "auditor-key",
@@ -114,7 +115,7 @@ def test_key_generated_by_ssh_keygen_can_be_trusted_and_sign(factory: object,
     trust_path = tmp_path / "trust.json"
     _cli("trust", "create", "--out", str(trust_path), "--key", str(key) + ".pub",
          "--threshold", "1")
-    bundle = factory.build(signers=())  # type: ignore[attr-defined]
+    bundle = factory.build(signers=())
     _cli("bundle", "sign", str(bundle), "--key", str(key))
     result = verify_bundle(bundle, load_trust(trust_path), now=NOW)
     assert result.signer_names == ("auditor-key",)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,24 +109,24 @@ except VerificationError as exc:
 """
 
 
-def _sigstore_trust(factory: object, required: bool) -> Path:
+def _sigstore_trust(factory: Any, required: bool) -> Path:
     from sealfuse.verifier.trust import SigstorePolicy, make_trust
 
-    base = factory.trust  # type: ignore[attr-defined]
+    base = factory.trust
     policy = SigstorePolicy(WHEEL_ID, GHA, json.loads(
         (DATA / "production" / "trusted_root.json").read_text()), required)
     trust = make_trust(base.product, base.keys.values(), base.threshold, sigstore=policy)
-    path = factory.root / "trust-sigstore.json"  # type: ignore[attr-defined]
+    path = factory.root / "trust-sigstore.json"
     trust.write(path)
     return path
 
 
-def test_bundle_without_required_sigstore_signature_is_rejected(factory: object,
+def test_bundle_without_required_sigstore_signature_is_rejected(factory: Any,
                                                                   tmp_path: Path) -> None:
     from sealfuse.verifier import load_trust, verify_bundle
     from sealfuse.verifier.errors import SigstoreVerificationError
 
-    bundle = factory.build()  # type: ignore[attr-defined]
+    bundle = factory.build()
     trust = load_trust(_sigstore_trust(factory, required=True))
     with pytest.raises(SigstoreVerificationError):
         verify_bundle(bundle, trust, now="2026-06-01T00:00:00Z")
@@ -134,10 +135,10 @@ def test_bundle_without_required_sigstore_signature_is_rejected(factory: object,
 
 
 def test_bundle_with_sigstore_bundle_for_another_artifact_is_rejected_offline(
-        factory: object, tmp_path: Path) -> None:
+        factory: Any, tmp_path: Path) -> None:
     from sealfuse.bundle.sign import add_sigstore
 
-    bundle = factory.build()  # type: ignore[attr-defined]
+    bundle = factory.build()
     add_sigstore(bundle, (DATA / "production" / "bundle_v3_github.whl.sigstore").read_bytes())
     trust_path = _sigstore_trust(factory, required=True)
     env = {**os.environ, "HOME": str(tmp_path)}

@@ -6,6 +6,7 @@ import hashlib
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sealfuse.verifier import load_trust, verify_bundle
 from sealfuse.verifier.errors import RotationError, TrustFileError, UnsignedManifestError
 from sealfuse.verifier.keys import KeyFormatError, keyid_of, load_private_key, raw_public
-from sealfuse.verifier.trust import TrustedKey, accept_chain, accept_rotation, make_trust
+from sealfuse.verifier.trust import Trust, TrustedKey, accept_chain, accept_rotation, make_trust
 
 from sealfuse.cli import main
 
@@ -95,7 +96,7 @@ def _gen(n: int) -> list[Ed25519PrivateKey]:
     return [Ed25519PrivateKey.generate() for _ in range(n)]
 
 
-def _trust(keys: list[Ed25519PrivateKey], k: int, version: int):  # type: ignore[no-untyped-def]
+def _trust(keys: list[Ed25519PrivateKey], k: int, version: int) -> Trust:
     return make_trust("sealfuse", [TrustedKey.from_public(x.public_key()) for x in keys], k,
                       version)
 
@@ -145,19 +146,19 @@ def test_signing_a_trust_file_twice_with_one_key_is_refused() -> None:
 
 
 def test_rotation_via_cli_replaces_the_pinned_trust_and_new_keys_then_verify(
-        factory: object, tmp_path: Path) -> None:
+        factory: Any, tmp_path: Path) -> None:
     """Bundles signed by the new keys verify only after the rotation is accepted."""
     new_keys = _gen(2)
-    old_trust = factory.trust  # type: ignore[attr-defined]
-    pinned = factory.trust_path  # type: ignore[attr-defined]
+    old_trust = factory.trust
+    pinned = factory.trust_path
     candidate = tmp_path / "trust-v2.json"
     _trust(new_keys, 2, 2).write(candidate)
     runner = CliRunner()
     for i in (0, 1):
         res = runner.invoke(main, ["trust", "sign", str(candidate), "--key",
-                                   str(factory.key_path(i))])  # type: ignore[attr-defined]
+                                   str(factory.key_path(i))])
         assert res.exit_code == 0, res.output
-    bundle = factory.build(signers=(), extra_keys=new_keys)  # type: ignore[attr-defined]
+    bundle = factory.build(signers=(), extra_keys=new_keys)
     with pytest.raises(UnsignedManifestError):
         verify_bundle(bundle, old_trust, now=NOW)
     res = runner.invoke(main, ["trust", "accept", str(pinned), str(candidate), "--replace"])
@@ -166,14 +167,14 @@ def test_rotation_via_cli_replaces_the_pinned_trust_and_new_keys_then_verify(
     assert len(verify_bundle(bundle, load_trust(pinned), now=NOW).signers) == 2
 
 
-def test_cli_refuses_rotation_signed_by_one_of_two_with_exit_11(factory: object,
+def test_cli_refuses_rotation_signed_by_one_of_two_with_exit_11(factory: Any,
                                                                 tmp_path: Path) -> None:
     candidate = tmp_path / "trust-v2.json"
     _trust(_gen(2), 1, 2).write(candidate)
     runner = CliRunner()
     runner.invoke(main, ["trust", "sign", str(candidate), "--key",
-                         str(factory.key_path(0))])  # type: ignore[attr-defined]
-    pinned = factory.trust_path  # type: ignore[attr-defined]
+                         str(factory.key_path(0))])
+    pinned = factory.trust_path
     before = pinned.read_bytes()
     res = runner.invoke(main, ["trust", "accept", str(pinned), str(candidate), "--replace"])
     assert res.exit_code == 11
