@@ -448,11 +448,13 @@ def extract_bundle(bundle_path: str | os.PathLike[str], trust: Trust,
 
     def sink(member: Member) -> MemberWriter:
         target = dest.joinpath(*member.relpath.split("/"))
-        parent = target.parent
-        if parent != dest:
-            parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
+        try:
+            if target.parent != dest:
+                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ExtractError(f"cannot write {target}: {exc}", path=str(target)) from exc
         return MemberWriter(fd)
 
     try:
