@@ -20,9 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sealfuse.bundle.build import BuildInputs, build_bundle
 from sealfuse.bundle.sign import sign_bundle
 from sealfuse.verifier import errors as E
-from sealfuse.verifier import sshsig
 from sealfuse.verifier.keys import keyid_of, openssh_public, serialize_private
-from sealfuse.verifier.model import canonical
 from sealfuse.verifier.trust import Trust, TrustedKey, make_trust
 
 EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -334,14 +332,3 @@ def _truncate(path: Path) -> Path:
         f.truncate(size // 2)
     return path
 
-
-def manifest_sha(path: Path) -> str:
-    return hashlib.sha256(read_entries(path)[0].data).hexdigest()
-
-
-def canonical_bytes(obj: object) -> bytes:
-    return canonical(obj)
-
-
-def ssh_sign(key: Ed25519PrivateKey, data: bytes) -> str:
-    return sshsig.sign(key, data)
