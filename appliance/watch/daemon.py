@@ -494,19 +494,23 @@ class Daemon:
             if problems:
                 raise E.SchemaViolationError(f"{m.name} breaks the job schema: {problems[0]}",
                                              name=m.name, problems=problems[:10])
+            name_error: E.DropError | None = None
             for role in ("source", "target", "reference"):
                 if role not in doc:
                     continue
                 name = doc[role]
                 if (name.startswith("/") or "/" in name or "\\" in name or name in (".", "..")
                         or "\0" in name):
-                    raise E.PathEscapeError(f"{m.name}: {role} {ascii(name)} is not a plain file name in "
-                                            "the drop folder", name=m.name, role=role, path=ascii(name))
-                why = bad_name(name)
-                if why or name.startswith(".") or name.endswith(MANIFEST_SUFFIX):
-                    raise E.BadNameError(f"{m.name}: {role} name {ascii(name)} is not acceptable",
-                                         name=m.name, role=role)
-                named[role] = self.p.inbox / name
+                    name_error = name_error or E.PathEscapeError(
+                        f"{m.name}: {role} {ascii(name)} is not a plain file name in the drop folder",
+                        name=m.name, role=role, path=ascii(name))
+                elif bad_name(name) or name.startswith(".") or name.endswith(MANIFEST_SUFFIX):
+                    name_error = name_error or E.BadNameError(
+                        f"{m.name}: {role} name {ascii(name)} is not acceptable", name=m.name, role=role)
+                else:
+                    named[role] = self.p.inbox / name
+            if name_error is not None:  # raised once every acceptable name is known: they go along
+                raise name_error
             preset = doc.get("preset")
             if preset is not None and preset not in self.cfg.presets:
                 raise E.UnknownPresetError(f"{m.name}: preset {preset!r} is not configured",
