@@ -120,3 +120,26 @@ def test_missing_config_means_defaults_and_invalid_config_is_a_clear_error(watch
     env.config.write_text("[watch\n")
     proc = env.run_once()
     assert proc.returncode == 2 and "not valid TOML" in proc.stdout.decode()
+
+
+def test_job_temporaries_are_private_and_stale_ones_are_swept_on_start(watch_env: WatchEnv) -> None:
+    env = watch_env
+    from sealfuse.appliance.watch.daemon import Paths
+
+    jobs_tmp = Paths(env.spool, env.state, env.state / "a", env.state / "m", env.tmp).jobs_tmp
+    stale = jobs_tmp / "20000101T000000-old-abcdef" / "out"
+    stale.mkdir(parents=True)
+    (stale / "partial.mp4").write_bytes(b"left by a killed run")
+    daemon = env.start(SEALFUSE_TEST_SLOW_SECONDS="2")
+    env.wait_ready()
+    assert not (jobs_tmp / "20000101T000000-old-abcdef").exists()
+    png_variant(env.hanks, env.inbox / "tom" / "t__slow__.png", 11)
+    (started,) = wait_for(lambda: env.events("started_job"), 30, "the job to start")
+    job_dir = jobs_tmp / started["job"]
+    assert stat.S_IMODE(job_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(jobs_tmp.stat().st_mode) == 0o700
+    wait_for(lambda: env.done(), 60, "the job to finish")
+    assert not job_dir.exists()
+    daemon.terminate()
+    assert daemon.wait(60) == 0
+    assert not jobs_tmp.exists() and env.residue() == []
