@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -132,3 +133,17 @@ def test_sd_notify_ready_status_and_watchdog_stop_when_the_loop_hangs(watch_env:
         assert "STOPPING=1" in _recv_all(sock, 0.5)
     finally:
         sock.close()
+
+
+def test_a_worker_that_cannot_load_its_models_exits_5_naming_the_reason(watch_env: WatchEnv,
+                                                                        tmp_path: Path) -> None:
+    env = watch_env
+    text = env.config.read_text().replace(
+        "execution_threads = 1", 'execution_threads = 1\nface_swapper_model = "inswapper_128"')
+    env.config.write_text(text)
+    empty = tmp_path / "models"
+    empty.mkdir()
+    proc = subprocess.run(env.argv(once=True) + ["--models-dir", str(empty)], env=env.env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    assert "model_missing" in proc.stderr and str(empty) in proc.stderr
