@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from watchlib import WatchEnv, drop_bytes, png_variant, wait_for
+from watchlib import WatchEnv, drop_bytes, png_variant, small_mp4, wait_for
 
 
 def png_bomb(width: int, height: int) -> bytes:
@@ -23,24 +23,6 @@ def png_bomb(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
         chunk(b"IEND", b"")
-
-
-def small_mp4(frame_png: Path, frames: int = 12) -> bytes:
-    import av
-    import numpy as np
-    from PIL import Image
-
-    img = np.asarray(Image.open(frame_png).convert("RGB").resize((128, 128)))
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
-        for _ in range(frames):
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(pkt)
-        for pkt in stream.encode():
-            out.mux(pkt)
-    return buf.getvalue()
 
 
 def manifest(env: WatchEnv, name: str, doc: object) -> None:

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from watchlib import WatchEnv, drop_bytes, png_variant
+from watchlib import WatchEnv, drop_bytes, png_variant, small_mp4
 
 SEED = 20240611
 JOBS = 50
-MANIFEST_EVERY = 5  # every 5th job is a manifest job (source + target + manifest)
+MANIFEST_EVERY = 5
+VIDEO_JOBS = (7, 23, 38)  # short mp4 clips of the group photo  # every 5th job is a manifest job (source + target + manifest)
 
 
 def _make_jobs(env: WatchEnv, staging: Path, group: Path) -> list[list[tuple[Path, bytes]]]:
@@ -26,6 +27,10 @@ def _make_jobs(env: WatchEnv, staging: Path, group: Path) -> list[list[tuple[Pat
     staging.mkdir()
     jobs = []
     for i in range(JOBS):
+        if i in VIDEO_JOBS:
+            data = small_mp4(group, frames=6 + 2 * VIDEO_JOBS.index(i))
+            jobs.append([(env.inbox / "tom" / f"v{i}.mp4", data)])
+            continue
         if i % 3 == 1:
             data = png_variant(group, staging / f"g{i}.png", i).read_bytes()
             jobs.append([(env.inbox / "tom" / f"g{i}.png", data)])
@@ -67,6 +72,7 @@ def test_random_sigkills_never_lose_or_duplicate_a_job(watch_env: WatchEnv, tmp_
     kills = {"daemon": 0, "worker": 0}
     interrupted = 0
     workers_seen: set[int] = set()
+    videos_done: list[object] = []
     killed_jobs: set[str] = set()
 
     def drop_some(n: int) -> None:
@@ -116,6 +122,8 @@ def test_random_sigkills_never_lose_or_duplicate_a_job(watch_env: WatchEnv, tmp_
     for d in outbox_dirs:
         res = json.loads((d / "result.json").read_text())
         assert (d / res["output"]["name"]).stat().st_size == res["output"]["size"]
+        if res["output"]["name"].endswith(".mp4"):
+            videos_done.append(res["report"].get("frames"))
     assert env.residue() == []
     for pid in workers_seen:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -134,4 +142,5 @@ def test_random_sigkills_never_lose_or_duplicate_a_job(watch_env: WatchEnv, tmp_
     assert json.loads(bad.stdout)["bad_line"] in (line_no, line_no + 1)
     print(f"chaos: {JOBS} jobs, {kills['daemon']} daemon SIGKILLs "
           f"({interrupted} mid-job), {kills['worker']} worker SIGKILLs mid-job, "
-          f"{len(outbox_dirs)} done, {len(failed_dirs)} failed")
+          f"{len(outbox_dirs)} done ({len(videos_done)} videos, frames {videos_done}), "
+          f"{len(failed_dirs)} failed")

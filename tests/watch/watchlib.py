@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -146,8 +147,10 @@ class WatchEnv:
         bad += [str(p) for p in (self.spool / "outbox").iterdir() if p.name.startswith(".")]
         bad += [str(p) for p in (self.spool / "failed").iterdir() if p.name.startswith(".")]
         for d in (self.spool / "outbox").iterdir():
-            bad += [str(p) for p in d.iterdir() if not p.name.endswith(".png") and p.name != "result.json"
-                    and p.name != "input"] if d.is_dir() else []
+            if d.name.startswith("."):
+                continue
+            allowed = {"result.json", "input", json.loads((d / "result.json").read_text())["output"]["name"]}
+            bad += [str(p) for p in d.iterdir() if p.name not in allowed]
         bad += [str(p) for p in self.state.iterdir() if p.name not in STATE_FILES]
         for dirpath, _dirs, filenames in os.walk(self.tmp):
             bad += [os.path.join(dirpath, n) for n in filenames]
@@ -158,3 +161,21 @@ class WatchEnv:
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
+
+
+def small_mp4(frame_png: Path, frames: int = 12) -> bytes:
+    import av
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(frame_png).convert("RGB").resize((128, 128)))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 128, 128, "yuv420p"
+        for _ in range(frames):
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    return buf.getvalue()
