@@ -88,6 +88,8 @@ class _Track:
     t: float
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))  # px per second
     hist: np.ndarray | None = None
+    seen: float = 0.0  # time of the last matching detection
+    seen_centre: np.ndarray | None = None  # box centre at that time
     missed: int = 0  # detect frames in a row without a matching detection
     flow_failures: int = 0  # frames in a row where optical flow found too few points
     visible: bool = True
@@ -113,12 +115,14 @@ class FaceTracker:
     """Stable track ids for faces: `detect(...)` at detect frames, `follow(...)` in between.
 
     Both return the faces visible in that frame, each with its `track_id`. A track that finds no
-    detection is kept (coasting on its velocity, not visible) for `max_missed` detect frames so
-    that a face hidden while another crosses it gets its id back.
+    detection is kept (coasting on its velocity, not visible) for `max_coast_s` seconds, and at
+    least `min_missed` detect frames, so that a face hidden while another crosses it gets its id back.
     """
 
-    def __init__(self, *, max_missed: int = 3, min_iou: float = 0.05, max_flow_failures: int = 2) -> None:
-        self.max_missed = max_missed
+    def __init__(self, *, max_coast_s: float = 1.0, min_missed: int = 2, min_iou: float = 0.05,
+                 max_flow_failures: int = 2) -> None:
+        self.max_coast_s = max_coast_s
+        self.min_missed = min_missed
         self.min_iou = min_iou
         self.max_flow_failures = max_flow_failures
         self.tracks: list[_Track] = []
@@ -170,14 +174,15 @@ class FaceTracker:
                 tr.bbox = tr.predicted(t)
                 tr.kps = tr.kps + tr.velocity * max(0.0, t - tr.t)
                 tr.t = t
-            if tr.missed <= self.max_missed:
+            if tr.missed <= self.min_missed or t - tr.seen <= self.max_coast_s:
                 survivors.append(tr)
         self.tracks = survivors
         for j, f in enumerate(faces):
             if j not in matched_dets:
                 tr = _Track(id=self._next_id, bbox=f.bbox.astype(np.float32), kps=f.kps.astype(np.float32),
-                            score=float(f.score), t=t, hist=hists[j])
+                            score=float(f.score), t=t, seen=t, hist=hists[j])
                 tr.filter.reset(np.concatenate([tr.kps.ravel(), tr.bbox]), t)
+                tr.seen_centre = tr.centre
                 self._next_id += 1
                 self.tracks.append(tr)
         self._prev, self._prev_t = frame, t
@@ -188,10 +193,13 @@ class FaceTracker:
         smoothed = tr.filter(np.concatenate([f.kps.ravel(), f.bbox]).astype(np.float32), t, tr.width)
         tr.kps = smoothed[:10].reshape(5, 2).astype(np.float32)
         tr.bbox = smoothed[10:].astype(np.float32)
-        if t > old_t:
-            v = (tr.centre - old_c) / (t - old_t)
-            tr.velocity = (0.5 * v + 0.5 * tr.velocity).astype(np.float32) if tr.missed == 0 else v.astype(np.float32)
-        tr.t, tr.score, tr.missed, tr.flow_failures, tr.visible = t, float(f.score), 0, 0, True
+        if tr.missed and tr.seen_centre is not None and t > tr.seen:
+            # back from coasting: the velocity over the whole gap, not from the extrapolated position
+            tr.velocity = ((tr.centre - tr.seen_centre) / (t - tr.seen)).astype(np.float32)
+        elif t > old_t:
+            tr.velocity = (0.5 * (tr.centre - old_c) / (t - old_t) + 0.5 * tr.velocity).astype(np.float32)
+        tr.seen_centre = tr.centre
+        tr.t, tr.seen, tr.score, tr.missed, tr.flow_failures, tr.visible = t, t, float(f.score), 0, 0, True
         if hist is not None:
             tr.hist = hist if tr.hist is None else (0.7 * tr.hist + 0.3 * hist).astype(np.float32)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -152,3 +153,13 @@ def decode_frames(path: Path) -> list[np.ndarray]:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def engine_standins() -> Any:
+    """tests/engine/standins.py (the ONNX stand-ins with production signatures), loaded by path."""
+    path = Path(__file__).resolve().parents[1] / "engine" / "standins.py"
+    spec = importlib.util.spec_from_file_location("sealfuse_test_standins", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
