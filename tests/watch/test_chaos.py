@@ -118,7 +118,10 @@ def test_random_sigkills_never_lose_or_duplicate_a_job(watch_env: WatchEnv, tmp_
     assert {e["reason"] for e in failed.values()} <= {"worker_crashed", "attempts_exhausted"}
     assert len(failed_dirs) <= kills["worker"] + kills["daemon"]
     crashed = {e["job_id"] for e in failed.values() if e["reason"] == "worker_crashed"}
-    assert crashed <= killed_jobs
+    # Only worker kills fail jobs as crashed. (Which job a kill hits can't be pinned from outside:
+    # the job read from the audit log may finish just before the signal lands.)
+    assert len(crashed) <= kills["worker"]
+    assert not crashed or killed_jobs
     for d in outbox_dirs:
         res = json.loads((d / "result.json").read_text())
         assert (d / res["output"]["name"]).stat().st_size == res["output"]["size"]
