@@ -7,6 +7,7 @@ Nothing is written before the bundle verifies. See docs/operator.md for the exit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -359,11 +360,6 @@ def prune(layout: Layout, record: InstallRecord, keep: int) -> list[str]:
     removed = []
     for path in sorted(layout.releases.iterdir()):
         name = path.name
-        if name.startswith(".staging-"):
-            pid = name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                remove_tree(path)
-            continue
         if name.startswith(".") or name in keep_set:
             continue
         remove_tree(path)
@@ -438,21 +434,21 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
         layout.releases.mkdir(parents=True, exist_ok=True)
         os.chmod(layout.opt, 0o755)
         os.chmod(layout.releases, 0o755)
-        staging = layout.releases / f".staging-{vb.version}-{os.getpid()}"
-        remove_tree(staging)
+        # Staged at its final path: venv scripts and pyvenv.cfg carry absolute paths. A
+        # release is complete once release.json exists (written last); until `current` points
+        # at it, nothing runs it.
+        final = layout.release(vb.version)
+        remove_tree(final)  # a kept, non-running copy of this version (downgrade/reinstall)
         try:
-            vb = stage_release(bundle, trust, staging, opts, floor)
+            vb = stage_release(bundle, trust, final, opts, floor)
         except BaseException as exc:
-            remove_tree(staging)
+            remove_tree(final)
             if isinstance(exc, (InstallError, VerificationError)):
                 record.log("install_failed", version=vb.version, error=type(exc).__name__)
                 record.save(layout)
                 _audit(layout, "install_failed", version=vb.version, error=type(exc).__name__,
                        message=str(exc)[:500])
             raise
-        final = layout.release(vb.version)
-        remove_tree(final)  # a kept, non-running copy of this version (downgrade/reinstall)
-        os.rename(staging, final)
         if pin is not None:
             write_atomic(layout.trust, pin, 0o644)
         previous = record.current
@@ -509,7 +505,8 @@ def rollback(layout: Layout | None = None, systemd: Systemd | None = None, *,
         if current is None:
             raise NotInstalledError("sealfuse is not installed", path=str(layout.record))
         target = to or record.previous(layout)
-        if target is None or target == current or not (layout.release(target) / "venv").is_dir():
+        if (target is None or target == current
+                or not (layout.release(target) / "release.json").is_file()):
             kept = sorted(p.name for p in layout.releases.iterdir() if not p.name.startswith("."))
             raise NothingToRollBackError(
                 f"no earlier release to roll back to (current {current}; kept: {kept})",
@@ -588,6 +585,11 @@ def uninstall(layout: Layout | None = None, systemd: Systemd | None = None, *,
                     remove_tree(path)
                     removed.append(str(path))
             removed += _delete_user(layout)
+            for d in (layout.sysusers_file.parent, layout.tmpfiles_file.parent,
+                      layout.apparmor_file.parent):
+                with contextlib.suppress(OSError):  # only when empty: others' files stay
+                    d.rmdir()
+                    removed.append(str(d))
             kept: list[str] = []
         else:
             record.current = None

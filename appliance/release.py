@@ -214,7 +214,7 @@ class InstallRecord:
     def previous(self, layout: Layout) -> str | None:
         """The most recently active release other than the current one that is still on disk."""
         for version in reversed(self.order):
-            if version != self.current and (layout.release(version) / "venv").is_dir():
+            if version != self.current and (layout.release(version) / "release.json").is_file():
                 return version
         return None
 
