@@ -29,6 +29,7 @@ from sealfuse.appliance.release import (
     systemd_for,
     write_atomic,
 )
+from sealfuse.engine.registry import write_lock
 from sealfuse.verifier import (
     Trust,
     VerificationError,
@@ -285,6 +286,10 @@ def stage_release(bundle: Path, trust: Trust, staging: Path, opts: InstallOption
         os.rename(src, models)
     else:
         models.mkdir()
+    # The engine's registry refuses any model without a pin: write the pins from the verified
+    # manifest, so each session is created only from a file matching its signed sha256.
+    write_lock(models, [{"name": m.name, "file": Path(m.file).name, "sha256": m.sha256,
+                         "size": m.size, "licence": m.licence} for m in vb.models])
     for entry in models.iterdir():
         os.chown(entry, 0, 0)
         os.chmod(entry, 0o444)

@@ -4,6 +4,7 @@ that starts a release unless the release itself says it fails."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from sealfuse.appliance.install import install as do_install
 from sealfuse.appliance.install import rollback as do_rollback
 from sealfuse.appliance.install import uninstall as do_uninstall
 from sealfuse.appliance.release import InstallRecord, Layout
+from sealfuse.engine.registry import read_lock
 from sealfuse.verifier.errors import BadVersionNumberError, HashMismatchError, RotationError
 from sealfuse.verifier.trust import load_trust
 
@@ -87,6 +89,9 @@ def test_first_install_verifies_pins_trust_builds_venv_and_switches_current(
     assert stat.S_IMODE(models.stat().st_mode) == 0o555
     model = models / "detector-standin.onnx"
     assert stat.S_IMODE(model.stat().st_mode) == 0o444 and model.stat().st_uid == 0
+    # the engine's registry gets the signed pins of every shipped model
+    pins = read_lock(models)
+    assert pins["detector-standin.onnx"]["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert not (layout.release("1") / "payload" / "wheels").exists()
     assert layout.unit_file.read_bytes() == UNIT.read_bytes()
     assert "sealfuse:" in (root / "etc/passwd").read_text()

@@ -53,34 +53,6 @@ def ensure_runtime_wheels() -> Path:
     return dest
 
 
-def _add_missing_subpackages(src: Path) -> None:
-    """Workaround, loudly: pyproject.toml lists packages explicitly, and a subpackage missing from
-    the list (sealfuse.appliance.watch when this was written) is left out of the wheel, so the
-    installed daemon cannot start. Add such subpackages to the copy and warn."""
-    import re
-    import warnings
-
-    pyproject = src / "pyproject.toml"
-    text = pyproject.read_text()
-    m = re.search(r"^packages = \[(.*)\]$", text, re.M)
-    if m is None:
-        return
-    listed = set(re.findall(r'"([^"]+)"', m.group(1)))
-    missing = []
-    for top, pkg in (("engine", "sealfuse.engine"), ("verifier", "sealfuse.verifier"),
-                     ("bundle", "sealfuse.bundle"), ("appliance", "sealfuse.appliance")):
-        for init in sorted((src / top).rglob("__init__.py")):
-            rel = init.parent.relative_to(src / top)
-            name = ".".join([pkg, *rel.parts])
-            if name not in listed:
-                missing.append(name)
-    if missing:
-        warnings.warn(f"pyproject.toml does not package {missing}; the test wheel adds them "
-                      "(fix [tool.setuptools] packages)", stacklevel=2)
-        new = ", ".join(f'"{p}"' for p in sorted(listed | set(missing)))
-        pyproject.write_text(text[:m.start()] + f"packages = [{new}]" + text[m.end():])
-
-
 def build_sealfuse_wheel(dest: Path) -> Path:
     """`pip wheel --no-deps` of a copy of the checkout (never builds inside the shared tree)."""
     src = dest.parent / "sealfuse-src"
@@ -92,7 +64,6 @@ def build_sealfuse_wheel(dest: Path) -> Path:
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif path.exists():
             shutil.copy(path, src / name)
-    _add_missing_subpackages(src)
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest),
                     str(src)], check=True, timeout=600, capture_output=True)
