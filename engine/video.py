@@ -130,6 +130,10 @@ def probe_video(path: Path, *, max_pixels: int | None = None, max_frames: int | 
         raise NotMediaError(f"{path}: unsupported video extension {path.suffix!r} (use {', '.join(VIDEO_EXTS)})",
                             path=path)
     with _open_input(path) as c:
+        family = "matroska" if path.suffix.lower() in (".mkv", ".webm") else "mov"
+        if family not in c.format.name.split(","):
+            raise NotMediaError(f"{path}: content is {c.format.name}, but the extension says {path.suffix}",
+                                path=path, content=c.format.name, extension=path.suffix)
         if not c.streams.video:
             raise NotMediaError(f"{path}: has no video stream", path=path, container=c.format.name)
         vs = c.streams.video[0]

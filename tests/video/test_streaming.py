@@ -203,14 +203,18 @@ def test_corrupt_video_data_is_an_error_and_leaves_nothing(pipeline, face_clip, 
     _assert_nothing_written(tmp_path, {"corrupt.mp4"})
 
 
-def test_empty_and_non_media_files_get_their_own_errors(pipeline, tmp_path):
+def test_empty_and_non_media_files_get_their_own_errors(pipeline, hanks_png, tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_bytes(b"this is not a video\n" * 100)
     with pytest.raises(EmptyInputError):
         swap_video(pipeline, tmp_path / "empty.mp4", tmp_path / "out.mp4")
     with pytest.raises(NotMediaError):
         swap_video(pipeline, tmp_path / "text.mp4", tmp_path / "out.mp4")
-    _assert_nothing_written(tmp_path, {"empty.mp4", "text.mp4"})
+    (tmp_path / "image.mp4").write_bytes(Path(hanks_png).read_bytes())  # a PNG named .mp4
+    with pytest.raises(NotMediaError) as e:
+        swap_video(pipeline, tmp_path / "image.mp4", tmp_path / "out.mp4")
+    assert "png" in e.value.evidence["content"]
+    _assert_nothing_written(tmp_path, {"empty.mp4", "text.mp4", "image.mp4"})
 
 
 def test_too_many_pixels_or_frames_is_refused_from_the_header(face_clip, tmp_path):
