@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ import cv2
 import numpy as np
 from sealfuse.engine.face import Face
 from sealfuse.engine.warp import FFHQ_UNIT, align, arcface_template
+
+# insightface's estimate_norm (used inside INSwapper.get) calls a scikit-image API deprecated in
+# 0.26; the result is the same, so keep the warning off the operator's terminal.
+warnings.filterwarnings("ignore", message=r".*`estimate` is deprecated", category=FutureWarning)
 
 
 def _quiet() -> contextlib.AbstractContextManager[Any]:
@@ -112,22 +117,24 @@ class ClassicSwapper:
         self._inside = cv2.GaussianBlur(inside, (0, 0), 4.0)
         self._src_lab = cv2.cvtColor(self.source_crop, cv2.COLOR_BGR2LAB).astype(np.float32)
         self._core = _core_region(self.size)
+        core_px = self._src_lab[self._core]
+        self._s_mean, self._s_std = core_px.mean(0), core_px.std(0) + 1e-3
+        from sealfuse.engine.masks import ellipse_mask
+
+        self._feather = ellipse_mask(self.size, 0.3) * self._inside
 
     def swap(self, frame: np.ndarray, target: Face) -> tuple[np.ndarray, np.ndarray]:
         tgt_crop, m = align(frame, target.kps, self.template, self.size, border=cv2.BORDER_REPLICATE)
         tgt_lab = cv2.cvtColor(tgt_crop, cv2.COLOR_BGR2LAB).astype(np.float32)
-        core = self._core
-        s_mean, s_std = self._src_lab[core].mean(0), self._src_lab[core].std(0) + 1e-3
-        t_mean, t_std = tgt_lab[core].mean(0), tgt_lab[core].std(0) + 1e-3
-        lab = (self._src_lab - s_mean) * (t_std / s_std) + t_mean
+        core_px = tgt_lab[self._core]
+        t_mean, t_std = core_px.mean(0), core_px.std(0) + 1e-3
+        lab = (self._src_lab - self._s_mean) * (t_std / self._s_std) + t_mean
         out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR)
         return out, m
 
     def feather(self) -> np.ndarray:
-        """The classic swap always blends through a feathered face ellipse."""
-        from sealfuse.engine.masks import ellipse_mask
-
-        return ellipse_mask(self.size, 0.3) * self._inside
+        """The classic swap always blends through a feathered face ellipse (inside the source)."""
+        return self._feather
 
 
 def _core_region(size: int) -> np.ndarray:

@@ -5,6 +5,7 @@ Masks are float32 in 0..1 at the crop's size; several types combine by their min
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +16,12 @@ import numpy as np
 REGION_CLASSES = (1, 2, 3, 4, 5, 10, 11, 12, 13)
 
 
-def box_mask(size: int, blur: float, padding: Sequence[int]) -> np.ndarray:
-    """A box over the whole crop minus `padding` percent per side, feathered by `blur` (0..1)."""
+@functools.lru_cache(maxsize=64)
+def box_mask(size: int, blur: float, padding: tuple[int, int, int, int]) -> np.ndarray:
+    """A box over the whole crop minus `padding` percent per side, feathered by `blur` (0..1).
+
+    Cached: the same arguments return the same read-only array.
+    """
     top, right, bottom, left = padding
     blur_px = int(size * 0.5 * blur)
     edge = max(blur_px // 2, 1)
@@ -27,17 +32,21 @@ def box_mask(size: int, blur: float, padding: Sequence[int]) -> np.ndarray:
     mask[:, size - max(edge, int(size * right / 100)):] = 0
     if blur_px > 0:
         mask = cv2.GaussianBlur(mask, (0, 0), blur_px * 0.25)
+    mask.flags.writeable = False
     return mask
 
 
+@functools.lru_cache(maxsize=64)
 def ellipse_mask(size: int, blur: float) -> np.ndarray:
-    """An ellipse around the aligned face (forehead to chin), feathered."""
+    """An ellipse around the aligned face (forehead to chin), feathered. Cached, read-only."""
     mask = np.zeros((size, size), np.float32)
     center = (int(size * 0.5), int(size * 0.54))
     axes = (int(size * 0.36), int(size * 0.44))
     cv2.ellipse(mask, center, axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
     blur_px = int(size * 0.5 * max(blur, 0.05))
-    return cv2.GaussianBlur(mask, (0, 0), blur_px * 0.25)
+    mask = cv2.GaussianBlur(mask, (0, 0), blur_px * 0.25)
+    mask.flags.writeable = False
+    return mask
 
 
 def region_mask(parser: Any, crop_bgr: np.ndarray, blur: float) -> np.ndarray:
@@ -55,7 +64,7 @@ def region_mask(parser: Any, crop_bgr: np.ndarray, blur: float) -> np.ndarray:
 
 
 def combine(masks: Sequence[np.ndarray]) -> np.ndarray:
-    out = masks[0]
+    out = np.asarray(masks[0])
     for m in masks[1:]:
         out = np.minimum(out, m)
     return np.clip(out, 0.0, 1.0)

@@ -243,14 +243,26 @@ class Pipeline:
         return [round(1.0 - float(np.dot(f.normed_embedding, ref)), 4) for f in faces if f.embedding is not None]
 
     def render(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
-        out, _ = self.render_with_mask(frame, faces)
+        """Swap (and enhance) `faces`; returns a new frame. Touches only each face's box."""
+        out = frame.copy()
+        self._render_into(out, faces, None)
         return out
 
     def render_with_mask(self, frame: np.ndarray, faces: list[Face]) -> tuple[np.ndarray, np.ndarray]:
-        """Swap (and enhance) `faces`; returns the new frame and the union of blend masks (0..1)."""
+        """Like render, plus the union of the blend masks (0..1) in frame space (for tests and reports)."""
         out = frame.copy()
         union = np.zeros(frame.shape[:2], np.float32)
+        self._render_into(out, faces, union)
+        return out, union
+
+    def _render_into(self, out: np.ndarray, faces: list[Face], union: np.ndarray | None) -> None:
         o = self.options
+
+        def touched(result: tuple[tuple[int, int, int, int], np.ndarray] | None) -> None:
+            if union is not None and result is not None:
+                (x0, y0, x1, y1), alpha = result
+                np.maximum(union[y0:y1, x0:x1], alpha, out=union[y0:y1, x0:x1])
+
         for face in faces:
             if "face_swapper" in o.frame_processors:
                 with self.timer.stage("swap"):
@@ -262,28 +274,26 @@ class Pipeline:
                 with self.timer.stage("mask"):
                     mask = self._mask(crop)
                     if self._classic is not None:
-                        mask = masklib.combine([mask, self._classic.feather()])
-                    mask = mask * o.blend_ratio
+                        mask = mask * self._classic.feather()
+                    if o.blend_ratio != 1.0:
+                        mask = mask * o.blend_ratio
                 with self.timer.stage("paste"):
-                    touched = paste_back(out, crop, mask, m)
-                if touched is not None:
-                    np.maximum(union, touched, out=union)
+                    touched(paste_back(out, crop, mask, m))
             if self._enhancer is not None:
                 with self.timer.stage("enhance"):
                     crop, m = self._enhancer.enhance(out, face)
                     mask = masklib.box_mask(crop.shape[0], o.face_mask_blur, (0, 0, 0, 0)) * o.face_enhancer_blend
-                    touched = paste_back(out, crop, mask, m)
-                if touched is not None:
-                    np.maximum(union, touched, out=union)
-        return out, union
+                    touched(paste_back(out, crop, mask, m))
 
     def _mask(self, crop: np.ndarray) -> np.ndarray:
         o = self.options
         size = crop.shape[0]
+        if o.face_mask_types == ("box",):
+            return masklib.box_mask(size, float(o.face_mask_blur), tuple(o.face_mask_padding))
         parts = []
         for kind in o.face_mask_types:
             if kind == "box":
-                parts.append(masklib.box_mask(size, o.face_mask_blur, o.face_mask_padding))
+                parts.append(masklib.box_mask(size, float(o.face_mask_blur), tuple(o.face_mask_padding)))
             elif kind == "ellipse":
                 parts.append(masklib.ellipse_mask(size, o.face_mask_blur))
             else:

@@ -385,6 +385,7 @@ class _Meta:
     index: int
     pts: int | None
     time: float
+    duration: int | None = None
 
 
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -510,7 +511,7 @@ class _Job:
                             self.t0, self.pts0 = t, frame.pts
                         det = (self.pool.submit(detect_scaled, self.pipeline, bgr, self.detect_max_side)
                                if self.pipeline is not None and (i - self.start) % n == 0 else None)
-                        if not _put(self.q_frames, (_Meta(i, frame.pts, t), bgr, det), self.stop):
+                        if not _put(self.q_frames, (_Meta(i, frame.pts, t, frame.duration or None), bgr, det), self.stop):
                             return
                         i += 1
             except av.error.FFmpegError as exc:
@@ -575,6 +576,9 @@ class _Job:
                 vf.pts = (meta.pts - (self.pts0 or 0) if self.start else meta.pts) if meta.pts is not None \
                     else self.encoded
                 vf.time_base = info.time_base
+                if meta.duration:
+                    # the source frame's own duration, so the muxer need not guess the last one
+                    vf.duration = meta.duration
                 try:
                     packets = vst.encode(vf)
                 except av.error.FFmpegError as exc:

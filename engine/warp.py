@@ -73,11 +73,12 @@ def crop_box_in_frame(m: np.ndarray, size: int, shape: tuple[int, ...]) -> tuple
     return x0, y0, x1, y1
 
 
-def paste_back(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, m: np.ndarray) -> np.ndarray | None:
+def paste_back(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray,
+               m: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
     """Blend `crop` (size x size) into `frame` in place through `mask` (0..1), bbox-local.
 
-    Returns the frame-space mask of the touched region (float32, shape of the box) for reporting,
-    or None when the crop lies outside the frame.
+    Returns the touched box (x0, y0, x1, y1) and the blend weights inside it (float32), or None
+    when the crop lies outside the frame. Nothing frame-sized is allocated.
     """
     size = crop.shape[0]
     box = crop_box_in_frame(m, size, frame.shape)
@@ -88,14 +89,12 @@ def paste_back(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, m: np.ndar
     im[:, 2] -= (x0, y0)
     dsize = (x1 - x0, y1 - y0)
     warped = cv2.warpAffine(crop, im, dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    alpha = cv2.warpAffine(mask.astype(np.float32), im, dsize, flags=cv2.INTER_LINEAR,
+    alpha = cv2.warpAffine(mask.astype(np.float32, copy=False), im, dsize, flags=cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     np.clip(alpha, 0.0, 1.0, out=alpha)
     roi = frame[y0:y1, x0:x1]
     roi[:] = cv2.blendLinear(warped, roi, alpha, 1.0 - alpha)
-    full = np.zeros(frame.shape[:2], np.float32)
-    full[y0:y1, x0:x1] = alpha
-    return full
+    return box, alpha
 
 
 def paste_back_full_frame(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, m: np.ndarray) -> np.ndarray:

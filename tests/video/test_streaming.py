@@ -46,7 +46,9 @@ def test_frames_rate_time_base_and_size_are_preserved_and_faces_swapped(pipeline
     src, dst = probe_video(face_clip), probe_video(out)
     assert (dst.frames, dst.fps, dst.time_base, dst.width, dst.height) == \
         (src.frames, src.fps, src.time_base, src.width, src.height) == (20, Fraction(15), src.time_base, 320, 240)
-    assert abs(dst.duration_s - src.duration_s) < 1e-6
+    # Every frame keeps its pts (below); the container's stream duration may differ by a few ticks
+    # of the time base when the encoder chooses B-frames (the mp4 edit list shifts by the delay).
+    assert abs(dst.duration_s - src.duration_s) < 1e-3
     with av.open(str(face_clip)) as a, av.open(str(out)) as b:
         assert [f.pts for f in a.decode(video=0)] == [f.pts for f in b.decode(video=0)]
     assert report["frames"] == 20 and report["frames_with_swaps"] == 20 and report["tracks"] == 1
