@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from sealfuse.engine import masks as masklib
 from sealfuse.engine.errors import (
     ConfigError,
@@ -36,6 +37,8 @@ from sealfuse.engine.options import FRAME_PROCESSORS, MASK_TYPES, SELECTOR_MODES
 from sealfuse.engine.providers import resolve_providers
 from sealfuse.engine.registry import CATALOG, ModelRegistry
 from sealfuse.engine.warp import paste_back
+
+Touched = tuple[tuple[int, int, int, int], np.ndarray]
 
 
 class StageTimer:
@@ -245,23 +248,30 @@ class Pipeline:
     def render(self, frame: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Swap (and enhance) `faces`; returns a new frame. Touches only each face's box."""
         out = frame.copy()
-        self._render_into(out, faces, None)
+        self._render_into(out, faces, [])
         return out
+
+    def render_touched(self, frame: np.ndarray, faces: list[Face]) -> tuple[np.ndarray, list[Touched]]:
+        """Like render, plus each blend's box (x0, y0, x1, y1) and its weights inside the box."""
+        out = frame.copy()
+        touched: list[Touched] = []
+        self._render_into(out, faces, touched)
+        return out, touched
 
     def render_with_mask(self, frame: np.ndarray, faces: list[Face]) -> tuple[np.ndarray, np.ndarray]:
         """Like render, plus the union of the blend masks (0..1) in frame space (for tests and reports)."""
-        out = frame.copy()
+        out, touched = self.render_touched(frame, faces)
         union = np.zeros(frame.shape[:2], np.float32)
-        self._render_into(out, faces, union)
+        for (x0, y0, x1, y1), alpha in touched:
+            np.maximum(union[y0:y1, x0:x1], alpha, out=union[y0:y1, x0:x1])
         return out, union
 
-    def _render_into(self, out: np.ndarray, faces: list[Face], union: np.ndarray | None) -> None:
+    def _render_into(self, out: np.ndarray, faces: list[Face], touched: list[Touched]) -> None:
         o = self.options
 
-        def touched(result: tuple[tuple[int, int, int, int], np.ndarray] | None) -> None:
-            if union is not None and result is not None:
-                (x0, y0, x1, y1), alpha = result
-                np.maximum(union[y0:y1, x0:x1], alpha, out=union[y0:y1, x0:x1])
+        def keep(result: Touched | None) -> None:
+            if result is not None:
+                touched.append(result)
 
         for face in faces:
             if "face_swapper" in o.frame_processors:
@@ -278,12 +288,12 @@ class Pipeline:
                     if o.blend_ratio != 1.0:
                         mask = mask * o.blend_ratio
                 with self.timer.stage("paste"):
-                    touched(paste_back(out, crop, mask, m))
+                    keep(paste_back(out, crop, mask, m))
             if self._enhancer is not None:
                 with self.timer.stage("enhance"):
                     crop, m = self._enhancer.enhance(out, face)
                     mask = masklib.box_mask(crop.shape[0], o.face_mask_blur, (0, 0, 0, 0)) * o.face_enhancer_blend
-                    touched(paste_back(out, crop, mask, m))
+                    keep(paste_back(out, crop, mask, m))
 
     def _mask(self, crop: np.ndarray) -> np.ndarray:
         o = self.options

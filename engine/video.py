@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
+
+from sealfuse.engine import yuv as yuvlib
 from sealfuse.engine.errors import (
     ConfigError,
     EngineError,
@@ -471,6 +473,11 @@ class _Job:
         self.audio_packets = 0
         self.plan = plan_encoder(options, output, info.width, info.height)
         self.warnings.extend(self.plan.warnings)
+        # Fast path: keep each frame's yuv420p planes, convert back only the pixels a blend
+        # touched. Untouched pixels (and frames without faces) pass through bit-exact.
+        self.fast = (info.pix_fmt in yuvlib.FAST_PIX_FMTS and self.plan.pix_fmt == "yuv420p"
+                     and info.width % 2 == 0 and info.height % 2 == 0)
+        self.matrix = yuvlib.YuvMatrix.for_stream(info.colorspace, info.color_range == 2)
 
     # each stage records its first exception and stops the others
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
@@ -487,6 +494,7 @@ class _Job:
         i = 0
         last_time = 0.0
         src_range = info.color_range if info.color_range else None
+        src_cs = _SWS_CS.get(info.colorspace)
         with _open_input(self.target) as c, self.busy("decode"):
             vs = c.streams.video[0]
             vs.thread_type = "AUTO"
@@ -506,12 +514,15 @@ class _Job:
                         if i < self.start or (self.end is not None and i >= self.end):
                             i += 1
                             continue
-                        bgr = frame.to_ndarray(format="bgr24", src_color_range=src_range)
+                        yuv = (frame.to_ndarray() if self.fast and frame.format.name in yuvlib.FAST_PIX_FMTS
+                               else None)
+                        bgr = (frame.to_ndarray(format="bgr24", src_colorspace=src_cs, src_color_range=src_range)
+                               if self.pipeline is not None or yuv is None else None)
                         if self.t0 is None:
                             self.t0, self.pts0 = t, frame.pts
                         det = (self.pool.submit(detect_scaled, self.pipeline, bgr, self.detect_max_side)
                                if self.pipeline is not None and (i - self.start) % n == 0 else None)
-                        if not _put(self.q_frames, (_Meta(i, frame.pts, t, frame.duration or None), bgr, det), self.stop):
+                        if not _put(self.q_frames, (_Meta(i, frame.pts, t, frame.duration or None), bgr, det, yuv), self.stop):
                             return
                         i += 1
             except av.error.FFmpegError as exc:
@@ -539,7 +550,7 @@ class _Job:
             if item is _SENTINEL:
                 _put(self.q_render, _SENTINEL, self.stop)
                 return
-            meta, bgr, det = item
+            meta, bgr, det, yuv = item
             chosen: list[Face] = []
             if p is not None and selector is not None:
                 faces_found = det.result() if det is not None else None
@@ -550,7 +561,11 @@ class _Job:
                         faces = tracker.follow(bgr, meta.time)
                     chosen = selector.choose(faces, bgr, detect_frame=det is not None, alive=tracker.ids())
                 self.tracks_seen.update(f.track_id for f in faces if f.track_id is not None)
-            fut = self.pool.submit(p.render, bgr, chosen) if chosen and p is not None else _done(bgr)
+            if chosen and p is not None:
+                fut = (self.pool.submit(self._render_yuv, p, bgr, yuv, chosen) if yuv is not None
+                       else self.pool.submit(lambda f=bgr, c=chosen: ("bgr", p.render(f, c))))
+            else:
+                fut = _done(("yuv", yuv) if yuv is not None else ("bgr", bgr))
             if chosen:
                 self.frames_with_swaps += 1
             if not _put(self.q_render, (meta, fut), self.stop):
@@ -569,10 +584,13 @@ class _Job:
             if item is _SENTINEL:
                 break
             meta, fut = item
-            bgr = fut.result()
+            kind, pixels = fut.result()
             with self.busy("encode"):
-                vf = av.VideoFrame.from_ndarray(bgr, format="bgr24")
-                vf = vf.reformat(format=self.plan.pix_fmt, dst_colorspace=dst_cs, dst_color_range=dst_range)
+                if kind == "yuv":
+                    vf = av.VideoFrame.from_ndarray(pixels, format="yuv420p")
+                else:
+                    vf = av.VideoFrame.from_ndarray(pixels, format="bgr24")
+                    vf = vf.reformat(format=self.plan.pix_fmt, dst_colorspace=dst_cs, dst_color_range=dst_range)
                 vf.pts = (meta.pts - (self.pts0 or 0) if self.start else meta.pts) if meta.pts is not None \
                     else self.encoded
                 vf.time_base = info.time_base
@@ -607,6 +625,14 @@ class _Job:
                 audio.feed_until(math.inf)
         if self.progress is not None:
             self.progress({**self._progress(started, total), "done": True})
+
+    def _render_yuv(self, p: Pipeline, bgr: np.ndarray, yuv: np.ndarray, faces: list[Face]) -> tuple[str, np.ndarray]:
+        out, touched = p.render_touched(bgr, faces)
+        planes = yuv.copy()
+        h, w = self.info.height, self.info.width
+        for box, alpha in touched:
+            yuvlib.write_back(planes, h, w, out, box, alpha, self.matrix)
+        return "yuv", planes
 
     def _total(self) -> int:
         end = self.end if self.end is not None else self.info.frames
