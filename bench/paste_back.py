@@ -27,7 +27,6 @@ from sealfuse.engine.masks import box_mask  # noqa: E402
 from sealfuse.engine.options import SwapOptions  # noqa: E402
 from sealfuse.engine.pipeline import Pipeline  # noqa: E402
 from sealfuse.engine.warp import paste_back  # noqa: E402
-
 from tests.engine.standins import models_dir  # noqa: E402
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from sealfuse.bundle.build import BuildInputs, build_bundle
 from sealfuse.bundle.sign import sign_bundle
 from sealfuse.verifier import verify_bundle

@@ -54,6 +54,7 @@ def build_clip(path: Path, width: int, height: int, seconds: float, fps: int = 3
 # -- child: one measurement in a fresh process ---------------------------------------------------------
 def child(spec: dict[str, Any]) -> None:
     import onnxruntime
+
     from sealfuse.engine.options import SwapOptions
 
     ort_cpu = [0.0]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from sealfuse.bundle.errors import BUILD_EXIT_CODES
 from sealfuse.verifier.errors import VerificationError
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from sealfuse.bundle.errors import DuplicateSignatureError, SigningError
 from sealfuse.bundle.tarwrite import write_bundle
 from sealfuse.verifier import sshsig

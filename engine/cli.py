@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from sealfuse.engine.errors import EXIT_CODES, EngineError
 from sealfuse.engine.options import (
     EXECUTION_PROVIDERS,

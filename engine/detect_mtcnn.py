@@ -15,6 +15,7 @@ from typing import Literal
 import cv2
 import numpy as np
 import onnxruntime as ort
+
 from sealfuse.engine.errors import (
     ConfigError,
     InputError,

@@ -15,6 +15,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from sealfuse.engine.face import Face
 from sealfuse.engine.warp import FFHQ_UNIT, align, arcface_template
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
 from sealfuse.engine.face import Face
 
 __all__ = ["FaceTracker", "OneEuro", "TrackSelector", "iou"]

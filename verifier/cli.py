@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+
 from sealfuse.verifier.errors import EXIT_CODES, VerificationError, exit_code_help
 from sealfuse.verifier.keys import (
     KeyFormatError,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import rfc8785
+
 from sealfuse.verifier.errors import ManifestError
 
 MANIFEST_TYPE = "sealfuse-manifest"

@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from sealfuse.verifier.keys import public_from_raw, raw_public, verify_raw
 
 NAMESPACE = "sealfuse-bundle"

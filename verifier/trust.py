@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from sealfuse.verifier.errors import BundleReadError, RotationError, TrustFileError
 from sealfuse.verifier.keys import (
     KeyFormatError,

@@ -22,6 +22,8 @@ from typing import Any
 
 from inotify_simple import INotify
 from inotify_simple import flags as F
+
+from sealfuse import __version__
 from sealfuse.appliance.audit import AuditLog
 from sealfuse.appliance.metrics import Metrics
 from sealfuse.appliance.sdnotify import Notifier
@@ -38,8 +40,6 @@ from sealfuse.appliance.watch.fsutil import (
 )
 from sealfuse.appliance.watch.state import StateDB
 from sealfuse.appliance.watch.supervisor import WorkerHandle
-
-from sealfuse import __version__
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")

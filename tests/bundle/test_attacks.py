@@ -8,6 +8,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from sealfuse.verifier import extract_bundle, verify_bundle
 from sealfuse.verifier.errors import VerificationError
 

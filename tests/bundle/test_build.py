@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
 from sealfuse.bundle.build import build_bundle
 from sealfuse.bundle.errors import (
     DuplicateSignatureError,
@@ -26,10 +27,9 @@ from sealfuse.bundle.errors import (
     WheelError,
 )
 from sealfuse.bundle.sign import sign_bundle
+from sealfuse.cli import main
 from sealfuse.verifier import extract_bundle, verify_bundle
 from sealfuse.verifier.errors import HashMismatchError
-
-from sealfuse.cli import main
 
 F = sys.modules["sealfuse_tests_bundle_factory"]  # loaded by conftest.py
 NOW = F.NOW

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sealfuse.engine.imageio import read_image
 from sealfuse.engine.options import SwapOptions
 

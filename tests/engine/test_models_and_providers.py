@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from sealfuse.engine import providers as prov
 from sealfuse.engine.errors import (
     ConfigError,

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from sealfuse.engine.detect_mtcnn import (
     BadImageArrayError,
     Detection,

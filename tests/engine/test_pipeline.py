@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sealfuse.engine.api import Engine
 from sealfuse.engine.errors import ModelMissingError, NoReferenceMatchError
 from sealfuse.engine.imageio import read_image

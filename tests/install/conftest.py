@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from sealfuse.appliance.release import Layout, OfflineSystemd, StartResult
 
 REPO = Path(__file__).resolve().parents[2]

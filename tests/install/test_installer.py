@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from sealfuse.appliance.cli import doctor, install, rollback, status, uninstall
 from sealfuse.appliance.install import (
     InstallOptions,

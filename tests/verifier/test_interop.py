@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
+from sealfuse.cli import main
 from sealfuse.verifier import load_trust, verify_bundle
 from sealfuse.verifier.errors import UnsignedManifestError
 from sealfuse.verifier.keys import keyid_of
-
-from sealfuse.cli import main
 
 NOW = "2026-06-01T00:00:00Z"
 needs_ssh = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs ssh-keygen")

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sealfuse.cli import main
 from sealfuse.verifier import load_trust, verify_bundle
 from sealfuse.verifier.errors import RotationError, TrustFileError, UnsignedManifestError
 from sealfuse.verifier.keys import KeyFormatError, keyid_of, load_private_key, raw_public
 from sealfuse.verifier.trust import Trust, TrustedKey, accept_chain, accept_rotation, make_trust
-
-from sealfuse.cli import main
 
 NOW = "2026-06-01T00:00:00Z"
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
+from sealfuse.cli import main
 from sealfuse.verifier import EXIT_CODES, extract_bundle, verify_bundle
 from sealfuse.verifier import errors as E
 from sealfuse.verifier import verify as verify_module
 from sealfuse.verifier.trust import Trust
 from sealfuse.verifier.verify import VerifiedBundle
-
-from sealfuse.cli import main
 
 F = sys.modules["sealfuse_tests_bundle_factory"]  # loaded by conftest.py
 NOW = F.NOW

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
 

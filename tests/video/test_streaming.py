@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+
 from sealfuse.engine.errors import (
     ConfigError,
     EmptyInputError,

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
 from sealfuse.engine.track import FaceTracker, OneEuro, TrackSelector

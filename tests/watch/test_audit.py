@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from sealfuse.appliance.audit import GENESIS, AuditLog, verify_log
 
 
