@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -25,3 +27,16 @@ def t1_jpg() -> Path:
 def hanks_png() -> Path:
     """insightface's Tom_Hanks_54745.png: one face."""
     return _insightface_images() / "Tom_Hanks_54745.png"
+
+
+@pytest.fixture(scope="session")
+def factory_module() -> ModuleType:
+    """tests/bundle/factory.py: builds valid bundles and each kind of tampered one."""
+    from tests.bundle import factory
+
+    return factory
+
+
+@pytest.fixture
+def factory(tmp_path: Path, factory_module: ModuleType) -> Any:
+    return factory_module.BundleFactory(tmp_path / "f")

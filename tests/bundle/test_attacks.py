@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -11,8 +10,7 @@ import pytest
 
 from sealfuse.verifier import extract_bundle, verify_bundle
 from sealfuse.verifier.errors import VerificationError
-
-F = sys.modules["sealfuse_tests_bundle_factory"]  # loaded by conftest.py
+from tests.bundle import factory as F
 
 
 @pytest.mark.parametrize("attack", F.ATTACKS, ids=[a.name for a in F.ATTACKS])

@@ -30,8 +30,8 @@ from sealfuse.bundle.sign import sign_bundle
 from sealfuse.cli import main
 from sealfuse.verifier import extract_bundle, verify_bundle
 from sealfuse.verifier.errors import HashMismatchError
+from tests.bundle import factory as F
 
-F = sys.modules["sealfuse_tests_bundle_factory"]  # loaded by conftest.py
 NOW = F.NOW
 
 

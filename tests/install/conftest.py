@@ -4,8 +4,6 @@ a signed-bundle factory, and a systemd stand-in for installs below --root."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,12 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealfuse.appliance.release import Layout, OfflineSystemd, StartResult
+from tests.system.wheelhouse import build_sealfuse_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 SYSTEMD_DIR = REPO / "systemd"
 HARDENING_DIR = REPO / "hardening"
 UNIT = SYSTEMD_DIR / "sealfuse-watch.service"
-SOURCES = ("pyproject.toml", "README.md", "sealfuse", "engine", "verifier", "bundle", "appliance")
 
 
 def need(tool: str) -> str:
@@ -26,23 +24,6 @@ def need(tool: str) -> str:
     if path is None:
         pytest.skip(f"{tool} is not installed")
     return path
-
-
-def build_sealfuse_wheel(dest: Path) -> Path:
-    """`pip wheel --no-deps` of a copy of the checkout (never builds inside the shared tree)."""
-    src = dest.parent / "sealfuse-src"
-    shutil.rmtree(src, ignore_errors=True)
-    src.mkdir(parents=True)
-    for name in SOURCES:
-        path = REPO / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif path.exists():
-            shutil.copy(path, src / name)
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dest),
-                    str(src)], check=True, timeout=600, capture_output=True)
-    return next(dest.glob("sealfuse-*.whl"))
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,8 @@ from sealfuse.verifier import errors as E
 from sealfuse.verifier import verify as verify_module
 from sealfuse.verifier.trust import Trust
 from sealfuse.verifier.verify import VerifiedBundle
+from tests.bundle import factory as F
 
-F = sys.modules["sealfuse_tests_bundle_factory"]  # loaded by conftest.py
 NOW = F.NOW
 
 
