@@ -48,6 +48,9 @@ class SwapOptions:
     execution_providers: tuple[str, ...] = ("cuda", "cpu")
     execution_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_memory_gb: float | None = None
+    # CUDA arena growth: kSameAsRequested keeps usage near the need; kNextPowerOfTwo is ORT's default.
+    gpu_arena_extend_strategy: str = "kSameAsRequested"
+    gpu_device_id: int = 0
     models_dir: Path = field(default_factory=default_models_dir)
     # Decompression-bomb guard: images and video frames above this many pixels are refused.
     max_pixels: int = 40_000_000

@@ -86,7 +86,8 @@ def validate(options: SwapOptions) -> None:
 
 def make_registry(options: SwapOptions) -> ModelRegistry:
     providers = resolve_providers(options.execution_providers, max_memory_gb=options.max_memory_gb,
-                                  threads=options.execution_threads)
+                                  threads=options.execution_threads, device_id=options.gpu_device_id,
+                                  arena_extend_strategy=options.gpu_arena_extend_strategy)
     return ModelRegistry(options.models_dir, providers)
 
 

@@ -44,11 +44,15 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
-def cuda_options(max_memory_gb: float | None, device_id: int = 0) -> dict[str, Any]:
+ARENA_STRATEGIES = ("kSameAsRequested", "kNextPowerOfTwo")
+
+
+def cuda_options(max_memory_gb: float | None, device_id: int = 0,
+                 arena_extend_strategy: str = "kSameAsRequested") -> dict[str, Any]:
     opts: dict[str, Any] = {
         "device_id": device_id,
         # Grow the arena by what is requested, not by powers of two: keeps usage near the need.
-        "arena_extend_strategy": "kSameAsRequested",
+        "arena_extend_strategy": arena_extend_strategy,
         "cudnn_conv_algo_search": "HEURISTIC",
         "do_copy_in_default_stream": True,
     }
@@ -75,6 +79,7 @@ def resolve_providers(
     max_memory_gb: float | None = None,
     threads: int = 1,
     device_id: int = 0,
+    arena_extend_strategy: str = "kSameAsRequested",
     available: Sequence[str] | None = None,
 ) -> ProviderConfig:
     """Map user names (cuda, tensorrt, cpu) to ONNX Runtime providers and their options.
@@ -92,6 +97,9 @@ def resolve_providers(
         raise ConfigError("--max-memory must be a positive number of GB", max_memory_gb=max_memory_gb)
     if threads < 1:
         raise ConfigError("--execution-threads must be at least 1", threads=threads)
+    if arena_extend_strategy not in ARENA_STRATEGIES:
+        raise ConfigError(f"GPU arena strategy must be one of {', '.join(ARENA_STRATEGIES)}",
+                          arena_extend_strategy=arena_extend_strategy)
     have = set(available if available is not None else available_providers())
     names: list[str] = []
     options: list[dict[str, Any]] = []
@@ -104,7 +112,7 @@ def resolve_providers(
             continue
         names.append(ort_name)
         if short == "cuda":
-            options.append(cuda_options(max_memory_gb, device_id))
+            options.append(cuda_options(max_memory_gb, device_id, arena_extend_strategy))
         elif short == "tensorrt":
             options.append(tensorrt_options(max_memory_gb, device_id))
         else:

@@ -107,6 +107,9 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "properties": {
                 # -> SwapOptions.max_memory_gb -> CUDA gpu_mem_limit / TensorRT workspace
                 "memory_limit_gb": {"type": "number", "exclusiveMinimum": 0},
+                # -> CUDA arena_extend_strategy (kSameAsRequested by default)
+                "arena_extend_strategy": {"enum": ["kSameAsRequested", "kNextPowerOfTwo"]},
+                "device_id": {"type": "integer", "minimum": 0, "maximum": 63},
             },
         },
         "presets": {
@@ -161,6 +164,8 @@ class WatchConfig:
     worker_start_timeout_seconds: float = 600.0
     engine: dict[str, Any] = field(default_factory=dict)
     gpu_memory_limit_gb: float | None = None
+    gpu_arena_extend_strategy: str | None = None
+    gpu_device_id: int | None = None
     presets: dict[str, Preset] = field(default_factory=dict)
     source_file: str | None = None
 
@@ -169,6 +174,10 @@ class WatchConfig:
         opts = dict(self.engine)
         if self.gpu_memory_limit_gb is not None:
             opts["max_memory_gb"] = self.gpu_memory_limit_gb
+        if self.gpu_arena_extend_strategy is not None:
+            opts["gpu_arena_extend_strategy"] = self.gpu_arena_extend_strategy
+        if self.gpu_device_id is not None:
+            opts["gpu_device_id"] = self.gpu_device_id
         return opts
 
 
@@ -209,4 +218,6 @@ def load_config(path: Path | None) -> WatchConfig:
         presets[name] = Preset(name, src, ref, dict(table.get("options", {})))
     return WatchConfig(**watch, engine=dict(data.get("engine", {})),
                        gpu_memory_limit_gb=data.get("gpu", {}).get("memory_limit_gb"),
+                       gpu_arena_extend_strategy=data.get("gpu", {}).get("arena_extend_strategy"),
+                       gpu_device_id=data.get("gpu", {}).get("device_id"),
                        presets=presets, source_file=str(path))
