@@ -7,6 +7,8 @@ They are STAND-INS, not face models: each computes something simple that a test 
   so the same face gives the same embedding and different faces differ.
 - GFPGAN 1.4 stand-in: output = -input (inversion in -1..1).
 - BiSeNet stand-in: class 1 (skin) in the central square of the crop, class 0 elsewhere.
+- SCRFD det_10g stand-in: SCRFD's 9 outputs (scores, box and landmark distances for strides
+  8/16/32, two anchors per cell) describing exactly one face, SCRFD_FACE, in its 640x640 input.
 """
 
 from __future__ import annotations
@@ -88,6 +90,45 @@ def bisenet(path: Path) -> Path:
     return _save(graph, path)
 
 
+# The one face the SCRFD stand-in reports, in its 640x640 input: stride 32, cell (x=10, y=8).
+SCRFD_CELL, SCRFD_STRIDE = (10, 8), 32
+SCRFD_BOX_DIST = (2.0, 2.5, 2.0, 2.5)  # left, top, right, bottom, in strides
+SCRFD_KPS_DIST = ((-0.7, -0.8), (0.7, -0.8), (0.0, 0.0), (-0.6, 0.9), (0.6, 0.9))
+SCRFD_SCORE = 0.9
+
+
+def scrfd_expected() -> tuple[np.ndarray, np.ndarray]:
+    """(box, landmarks) of the stand-in's face in its 640x640 input."""
+    cx, cy = SCRFD_CELL[0] * SCRFD_STRIDE, SCRFD_CELL[1] * SCRFD_STRIDE
+    d = np.array(SCRFD_BOX_DIST) * SCRFD_STRIDE
+    box = np.array([cx - d[0], cy - d[1], cx + d[2], cy + d[3]], np.float32)
+    kps = np.array([[cx + dx * SCRFD_STRIDE, cy + dy * SCRFD_STRIDE] for dx, dy in SCRFD_KPS_DIST], np.float32)
+    return box, kps
+
+
+def scrfd(path: Path) -> Path:
+    inp = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 640, 640])
+    outs, init, nodes = [], [numpy_helper.from_array(np.array(0.0, np.float32), "zero")], []
+    nodes += [helper.make_node("ReduceMean", ["input.1"], ["m"], keepdims=0),
+              helper.make_node("Mul", ["m", "zero"], ["mz"])]
+    names = []
+    for kind, width in (("score", 1), ("bbox", 4), ("kps", 10)):
+        for stride in (8, 16, 32):
+            n = (640 // stride) ** 2 * 2
+            value = np.zeros((n, width), np.float32)
+            if stride == SCRFD_STRIDE:
+                idx = (SCRFD_CELL[1] * (640 // stride) + SCRFD_CELL[0]) * 2
+                value[idx] = {"score": [SCRFD_SCORE], "bbox": list(SCRFD_BOX_DIST),
+                              "kps": [c for p in SCRFD_KPS_DIST for c in p]}[kind]
+            name = f"{kind}_{stride}"
+            init.append(numpy_helper.from_array(value, f"{name}_c"))
+            nodes.append(helper.make_node("Add", [f"{name}_c", "mz"], [name]))
+            outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, width]))
+            names.append(name)
+    graph = helper.make_graph(nodes, "scrfd_standin", [inp], outs, initializer=init)
+    return _save(graph, path)
+
+
 def wrong_signature(path: Path) -> Path:
     """A model with one 64x64 input: not any family's signature."""
     inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])
@@ -97,13 +138,14 @@ def wrong_signature(path: Path) -> Path:
 
 
 def models_dir(root: Path, *, swapper: bool = True, recognizer: bool = True, enhancer: bool = False,
-               parser: bool = False) -> Path:
+               parser: bool = False, detector: bool = False) -> Path:
     """A models directory with the requested stand-ins and a models.lock.json pinning them."""
     from sealfuse.engine.registry import CATALOG, sha256_file, write_lock
 
     root.mkdir(parents=True, exist_ok=True)
     wanted = {"inswapper_128": (swapper, inswapper), "arcface_w600k_r50": (recognizer, arcface),
-              "gfpgan_1.4": (enhancer, gfpgan), "bisenet_resnet_34": (parser, bisenet)}
+              "gfpgan_1.4": (enhancer, gfpgan), "bisenet_resnet_34": (parser, bisenet),
+              "scrfd_10g": (detector, scrfd)}
     entries = []
     for name, (on, make) in wanted.items():
         if not on:

@@ -151,3 +151,20 @@ def test_engine_report_lists_faces_models_with_sha256_and_timings(standin_models
     assert {"detect", "swap", "paste", "decode", "encode", "total"} <= set(report["timings_ms"])
     out = read_image(tmp_path / "out.webp", max_pixels=10**8)
     assert out.shape == (886, 1280, 3)
+
+
+def test_scrfd_is_used_when_supplied_and_its_detections_map_back_to_the_frame(tmp_path):
+    from .standins import models_dir, scrfd_expected
+
+    models = models_dir(tmp_path / "m", swapper=False, recognizer=False, detector=True)
+    frame = np.full((960, 1280, 3), 128, np.uint8)
+    opts = SwapOptions(models_dir=models, execution_providers=("cpu",), face_swapper_model="classic")
+    pipe = Pipeline(opts, frame)  # the stand-in reports its one face in any image, the source too
+    assert pipe.models.detector_name == "scrfd_10g"
+    faces = pipe.detect(frame)
+    assert len(faces) == 1
+    box, kps = scrfd_expected()
+    scale = 1280 / 640  # SCRFD letterboxes 1280x960 into its 640x640 input
+    assert np.allclose(faces[0].bbox, box * scale, atol=1.0)
+    assert np.allclose(faces[0].kps, kps * scale, atol=1.0)
+    assert faces[0].score == pytest.approx(0.9, abs=1e-3)
