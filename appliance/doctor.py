@@ -134,11 +134,12 @@ def check_gpu(layout: Layout) -> Check:
 
 
 def check_models(layout: Layout) -> Check:
+    from sealfuse.verifier.errors import VerificationError
     from sealfuse.verifier.model import Manifest
 
     try:
         manifest = Manifest.from_bytes((layout.current / "manifest.json").read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, VerificationError) as exc:
         return Check("models", False, f"cannot read the release manifest: {exc}")
     problems = []
     for m in manifest.members:
@@ -195,12 +196,13 @@ def check_space(layout: Layout) -> Check:
 
 
 def check_clock(layout: Layout, now: dt.datetime | None = None) -> Check:
+    from sealfuse.verifier.errors import VerificationError
     from sealfuse.verifier.model import Manifest
 
     now = now or dt.datetime.now(dt.UTC)
     try:
         manifest = Manifest.from_bytes((layout.current / "manifest.json").read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, VerificationError) as exc:
         return Check("clock", False, f"cannot read the release manifest: {exc}")
     if now < manifest.created:
         return Check("clock", False, f"clock {now:%Y-%m-%dT%H:%M:%SZ} is before the bundle was "

@@ -291,6 +291,12 @@ def test_cli_install_status_doctor_and_exit_codes(
     res = runner.invoke(doctor, ["--root", str(root), "--json"])
     checks = {c["name"]: c for c in json.loads(res.output)["checks"]}
     assert checks["models"]["ok"] is False and "detector-standin.onnx" in checks["models"]["detail"]
+    manifest = Layout(root).current / "manifest.json"
+    manifest.chmod(0o644)
+    manifest.write_bytes(b'{"not": "a manifest"}')
+    res = runner.invoke(doctor, ["--root", str(root), "--json"])
+    checks = {c["name"]: c for c in json.loads(res.output)["checks"]}
+    assert checks["models"]["ok"] is False and "manifest" in checks["models"]["detail"]
     res = runner.invoke(rollback, ["--root", str(root), "--json"])
     assert res.exit_code == 83
     res = runner.invoke(uninstall, ["--root", str(root), "--purge", "--json"])
