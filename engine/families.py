@@ -2,7 +2,7 @@
 
 The insightface families (SCRFD, ArcFace, inswapper) run through insightface's model_zoo classes
 with sessions that our registry created after checking the file's sha256; insightface's
-FaceAnalysis(name=...) (which downloads) is never used.
+FaceAnalysis app (which downloads models by name) is never used.
 """
 
 from __future__ import annotations
