@@ -7,9 +7,10 @@ threads at once (ONNX Runtime sessions are, and per-call state stays on the stac
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,6 +125,23 @@ class Models:
         self.parser_name = "bisenet_resnet_34" if "region" in o.face_mask_types else None
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
+        # Source and reference faces by file digest: a warm worker that serves many jobs with one
+        # preset's face detects (and embeds) that face once.
+        self._faces: OrderedDict[tuple[str, str], tuple[np.ndarray, Face, list[str]]] = OrderedDict()
+
+    def cached_face(self, path: Path, role: str) -> tuple[np.ndarray, Face, list[str]] | None:
+        with self._lock:
+            key = (_digest(path), role)
+            hit = self._faces.get(key)
+            if hit is not None:
+                self._faces.move_to_end(key)
+            return hit
+
+    def remember_face(self, path: Path, role: str, value: tuple[np.ndarray, Face, list[str]]) -> None:
+        with self._lock:
+            self._faces[(_digest(path), role)] = value
+            while len(self._faces) > FACE_CACHE_SIZE:
+                self._faces.popitem(last=False)
 
     @staticmethod
     def _family(name: str, family: str, flag: str) -> None:
@@ -177,6 +195,21 @@ class Models:
         self.parser()
 
 
+FACE_CACHE_SIZE = 16
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a file's bytes (the cache key of its face); unreadable files are read_image's to report."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return f"unreadable:{path}"
+    return h.hexdigest()
+
+
 def largest(faces: list[Face]) -> Face:
     return max(faces, key=lambda f: f.size)
 
@@ -196,14 +229,27 @@ class Pipeline:
         self._enhancer = self.models.enhancer()
         self._parser = self.models.parser()
         self.warnings: list[str] = list(self.registry.providers.warnings) + list(self.registry.warnings)
-        src_img = source if isinstance(source, np.ndarray) else read_image(source, max_pixels=options.max_pixels)
-        self.source_face = self._pick(src_img, "source", source)
+        src_img, self.source_face = self._face_of(source, "source")
         self._classic = ClassicSwapper(src_img, self.source_face) if self._swapper is None else None
         self.reference_face: Face | None = None
         if options.face_selector_mode == "reference":
             assert options.reference_face_image is not None
-            ref_img = read_image(options.reference_face_image, max_pixels=options.max_pixels)
-            self.reference_face = self._pick(ref_img, "reference", options.reference_face_image)
+            _, self.reference_face = self._face_of(options.reference_face_image, "reference")
+
+    def _face_of(self, source: Path | np.ndarray, role: str) -> tuple[np.ndarray, Face]:
+        """The image and its largest face, from the models' cache when the file was seen before."""
+        if isinstance(source, np.ndarray):
+            return source, self._pick(source, role, source)
+        hit = self.models.cached_face(Path(source), role)
+        if hit is None:
+            image = read_image(Path(source), max_pixels=self.options.max_pixels)
+            before = len(self.warnings)
+            face = self._pick(image, role, source)
+            hit = (image, face, self.warnings[before:])
+            self.models.remember_face(Path(source), role, hit)
+        else:
+            self.warnings.extend(hit[2])
+        return hit[0], hit[1]
 
     def _pick(self, image: np.ndarray, role: str, origin: object) -> Face:
         with self.timer.stage("detect"):

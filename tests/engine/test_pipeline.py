@@ -168,3 +168,26 @@ def test_scrfd_is_used_when_supplied_and_its_detections_map_back_to_the_frame(tm
     assert np.allclose(faces[0].bbox, box * scale, atol=1.0)
     assert np.allclose(faces[0].kps, kps * scale, atol=1.0)
     assert faces[0].score == pytest.approx(0.9, abs=1e-3)
+
+
+def test_a_warm_engine_detects_a_repeated_source_face_once(cpu_options, hanks_png, t1_jpg, tmp_path):
+    engine = Engine(cpu_options)
+    models = engine.models_for(cpu_options)
+    detector = models.detector()
+    calls: list[tuple[int, int]] = []
+    original = detector.detect
+
+    def counting(image):
+        calls.append(image.shape[:2])
+        return original(image)
+
+    detector.detect = counting  # type: ignore[method-assign]
+    for name in ("a.png", "b.png"):
+        engine.swap_file(hanks_png, t1_jpg, tmp_path / name)
+    source_shape = read_image(hanks_png, max_pixels=10**8).shape[:2]
+    assert calls.count(source_shape) == 1, calls  # the source once, the target every job
+    assert calls.count((886, 1280)) == 2
+    changed = tmp_path / "other.png"
+    changed.write_bytes(hanks_png.read_bytes() + b"\0")  # another file (digest), same pixels
+    engine.swap_file(changed, t1_jpg, tmp_path / "c.png")
+    assert calls.count(source_shape) == 2
