@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sealfuse.appliance.watch import fsutil
+
 UNIT = "sealfuse-watch.service"
 SYSUSERS_CONF = "sealfuse.conf"
 TMPFILES_CONF = "sealfuse.conf"
@@ -120,29 +122,9 @@ def now_iso() -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write to a temp name in the same directory, fsync, rename, fsync the directory."""
+    """Atomic, durable write (see fsutil.write_atomic), creating the parent directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsutil.write_atomic(path, data, mode)
 
 
 def switch_symlink(link: Path, target: str) -> None:
@@ -151,7 +133,7 @@ def switch_symlink(link: Path, target: str) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
-    fsync_dir(link.parent)
+    fsutil.fsync_dir(link.parent)
 
 
 @contextlib.contextmanager

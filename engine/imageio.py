@@ -23,6 +23,7 @@ from sealfuse.engine.errors import (
     TruncatedMediaError,
     UnreadableInputError,
 )
+from sealfuse.engine.fsio import atomic_write_bytes
 
 IMAGE_EXTS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 
@@ -114,30 +115,6 @@ def check_output_path(path: Path, allowed: dict[str, str] | None = None) -> None
         raise OutputError(f"{path}: output directory {parent} is not writable", path=path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory", path=path)
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary name in the same directory, fsync, rename, fsync the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create ({exc.strerror})", path=path) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def write_image(path: Path, image_bgr: np.ndarray, *, quality: int = 95) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from sealfuse.engine.errors import (
     ModelMissingError,
     ModelSignatureError,
 )
+from sealfuse.engine.fsio import atomic_write_bytes
 from sealfuse.engine.providers import ProviderConfig, session_options
 
 LOCK_FILE = "models.lock.json"
@@ -125,13 +125,8 @@ def read_lock(models_dir: Path) -> dict[str, dict[str, Any]]:
 def write_lock(models_dir: Path, entries: Iterable[dict[str, Any]]) -> Path:
     """Write models.lock.json atomically (used by `sealfuse models pin` and the installer)."""
     path = models_dir / LOCK_FILE
-    tmp = path.with_name(f".{LOCK_FILE}.tmp")
     body = json.dumps({"models": sorted(entries, key=lambda e: e["file"])}, indent=2, sort_keys=True)
-    with open(tmp, "w") as f:
-        f.write(body + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (body + "\n").encode())
     return path
 
 
