@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealfuse.appliance.watch import fsutil
+from sealfuse.appliance import fsutil
 
 UNIT = "sealfuse-watch.service"
 SYSUSERS_CONF = "sealfuse.conf"

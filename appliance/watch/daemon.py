@@ -25,11 +25,7 @@ from inotify_simple import flags as F
 
 from sealfuse import __version__
 from sealfuse.appliance.audit import AuditLog
-from sealfuse.appliance.metrics import Metrics
-from sealfuse.appliance.sdnotify import Notifier
-from sealfuse.appliance.watch import errors as E
-from sealfuse.appliance.watch.config import MANIFEST_SCHEMA, WatchConfig, validate
-from sealfuse.appliance.watch.fsutil import (
+from sealfuse.appliance.fsutil import (
     bad_name,
     copy_durable,
     fsync_dir,
@@ -38,6 +34,10 @@ from sealfuse.appliance.watch.fsutil import (
     sha256_file,
     write_json_atomic,
 )
+from sealfuse.appliance.metrics import Metrics
+from sealfuse.appliance.sdnotify import Notifier
+from sealfuse.appliance.watch import errors as E
+from sealfuse.appliance.watch.config import MANIFEST_SCHEMA, WatchConfig, validate
 from sealfuse.appliance.watch.state import StateDB
 from sealfuse.appliance.watch.supervisor import WorkerHandle
 
