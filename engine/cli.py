@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import json as jsonlib
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +134,7 @@ def swap(source: Path | None, target: Path | None, output: Path | None, as_json:
     cancel = threading.Event()
     progress = None
     if Path(target).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm"):
-        try:
-            from sealfuse.engine.video import progress_printer
-
-            progress = progress_printer(json=as_json)
-        except ImportError:
-            progress = None
+        progress = progress_printer(json=as_json)
 
     def on_term(_signum: int, _frame: Any) -> None:
         cancel.set()
@@ -164,6 +162,52 @@ def swap(source: Path | None, target: Path | None, output: Path | None, as_json:
         n = sum(1 for f in report.get("faces", []) if f.get("selected"))
         what = f"{report.get('frames', 0)} frames" if report.get("kind") == "video" else f"{n} face(s) swapped"
         click.echo(f"{output}: {what} with {report['swapper']} in {report['timings_ms']['total'] / 1000:.2f}s")
+
+
+def progress_printer(json: bool = False, stream: Any = None) -> Callable[[dict[str, Any]], None]:
+    """A progress callback for the CLI: JSON lines with `json`, else a bar on a TTY, else a line every 2 s.
+
+    Output goes to stderr (stdout keeps the final report). The bar is tqdm's when it is installed.
+    """
+    out = stream or sys.stderr
+    if json:
+        def emit_json(p: dict[str, Any]) -> None:
+            out.write(jsonlib.dumps({"progress": p}) + "\n")
+            out.flush()
+        return emit_json
+    tty = hasattr(out, "isatty") and out.isatty()
+    if tty:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # pragma: no cover - tqdm comes with insightface
+            tqdm = None
+        if tqdm is not None:
+            bar: dict[str, Any] = {}
+
+            def emit_bar(p: dict[str, Any]) -> None:
+                if "bar" not in bar:
+                    bar["bar"] = tqdm(total=p.get("total") or None, unit="frame", file=out, dynamic_ncols=True)
+                b = bar["bar"]
+                b.update(p["frame"] - b.n)
+                if p.get("done"):
+                    b.close()
+            return emit_bar
+    last = [0.0]
+
+    def emit_line(p: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if not p.get("done") and now - last[0] < (0.25 if tty else 2.0):
+            return
+        last[0] = now
+        total = p.get("total") or 0
+        pct = f" ({100 * p['frame'] / total:.0f}%)" if total else ""
+        eta = f", eta {p['eta_s']:.0f}s" if p.get("eta_s") is not None else ""
+        lead = "\r" if tty else ""
+        tail = "" if tty and not p.get("done") else "\n"
+        out.write(f"{lead}frame {p['frame']}/{total or '?'}{pct} {p['fps']:.1f} fps{eta}{tail}")
+        out.flush()
+    return emit_line
+
 
 
 def sample_images() -> Path:

@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 
+from sealfuse.engine.cli import progress_printer
 from sealfuse.engine.errors import (
     ConfigError,
     EmptyInputError,
@@ -28,7 +29,6 @@ from sealfuse.engine.video import (
     available_encoders,
     plan_encoder,
     probe_video,
-    progress_printer,
     quality_to_crf,
     swap_video,
     transcode_video,
@@ -239,7 +239,7 @@ def test_an_encoder_that_cannot_run_here_is_a_config_error_naming_the_available_
     with pytest.raises(ConfigError) as e:
         transcode_video(opts, face_clip, tmp_path / "out.mp4")
     assert "libx264" in e.value.message and e.value.evidence["encoder"] == "h264_nvenc"
-    import sealfuse.engine.video as v
+    import sealfuse.engine.video_encoder as v
 
     with monkeypatch.context() as m:
         m.setattr(v, "_codec_exists", lambda name: name == "libx265")  # as if this build lacked libx264
