@@ -19,16 +19,19 @@ from typing import Any
 
 import click
 
+from sealfuse.appliance.errors import (
+    AUDIT_VERIFY_EXIT_CODES,
+    EXIT_AUDIT_BROKEN,
+    EXIT_OK,
+    EXIT_USAGE,
+    AuditError,
+    epilog,
+)
+
+__all__ = ["GENESIS", "AuditError", "AuditLog", "VerifyResult", "verify_log"]
+
 GENESIS = "0" * 64
 LOG_MODE = 0o640
-
-
-class AuditError(Exception):
-    """The audit log cannot be appended to (its tail is not a valid entry)."""
-
-    def __init__(self, message: str, **evidence: Any) -> None:
-        super().__init__(message)
-        self.evidence = evidence
 
 
 def _now() -> str:
@@ -189,7 +192,7 @@ def _parse_anchor(_ctx: click.Context, _param: click.Parameter, value: str | Non
         raise click.BadParameter("expected SEQ:SHA256 (head_seq and head_hash from an earlier --json)") from exc
 
 
-@audit.command(name="verify")
+@audit.command(name="verify", epilog=epilog(AUDIT_VERIFY_EXIT_CODES))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--anchor", callback=_parse_anchor, metavar="SEQ:SHA256",
@@ -200,9 +203,6 @@ def verify_cmd(file: Path, as_json: bool, anchor: tuple[int, str] | None) -> Non
 
     Detects an edited, deleted, inserted, reordered or truncated entry and names the first bad
     line. Cutting whole entries off the end is only detectable against an --anchor.
-
-    Exit codes: 0 intact; 1 the chain is broken (first bad line named); 2 usage error or FILE
-    unreadable.
     """
     try:
         res = verify_log(file, anchor)
@@ -212,11 +212,11 @@ def verify_cmd(file: Path, as_json: bool, anchor: tuple[int, str] | None) -> Non
                                    "message": str(exc)}))
         else:
             click.echo(f"cannot read {file}: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     if as_json:
         click.echo(json.dumps(res.to_dict(), sort_keys=True))
     elif res.ok:
         click.echo(f"OK: {res.entries} entries, head seq {res.head_seq} sha256 {res.head_hash}")
     else:
         click.echo(f"BROKEN at line {res.bad_line}: {res.message}", err=True)
-    sys.exit(0 if res.ok else 1)
+    sys.exit(EXIT_OK if res.ok else EXIT_AUDIT_BROKEN)

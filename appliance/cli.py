@@ -9,12 +9,21 @@ from typing import Any
 
 import click
 
-from sealfuse.appliance.install import (
-    InstallError,
-    InstallOptions,
-    exit_code_help,
+from sealfuse.appliance.errors import (
+    DOCTOR_EXIT_CODES,
+    EXIT_OK,
+    EXIT_UNHEALTHY,
+    INSTALL_EXIT_CODES,
+    ROLLBACK_EXIT_CODES,
+    STATUS_EXIT_CODES,
+    UNINSTALL_EXIT_CODES,
+    ApplianceError,
+    NotInstalledError,
+    epilog,
 )
+from sealfuse.appliance.install import InstallOptions
 from sealfuse.appliance.release import Layout
+from sealfuse.verifier import VerificationError
 
 ROOT_HELP = "Install below this directory instead of / (systemctl calls are skipped) [default: /]."
 
@@ -23,15 +32,9 @@ def _emit(as_json: bool, doc: dict[str, Any], text: str) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str) if as_json else text)
 
 
-def _fail(as_json: bool, exc: Exception) -> None:
-    from sealfuse.verifier import VerificationError
-
-    if isinstance(exc, (InstallError, VerificationError)):
-        doc = {"ok": False, **exc.to_dict()}
-        code = exc.exit_code
-    else:  # pragma: no cover - a bug
-        doc = {"ok": False, "error": type(exc).__name__, "exit_code": 1, "message": str(exc)}
-        code = 1
+def _fail(as_json: bool, exc: ApplianceError | VerificationError) -> None:
+    doc = {"ok": False, **exc.to_dict()}
+    code = exc.exit_code
     if as_json:
         click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
     else:
@@ -43,11 +46,9 @@ def _fail(as_json: bool, exc: Exception) -> None:
 
 
 def _run(as_json: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from sealfuse.verifier import VerificationError
-
     try:
         return fn(*args, **kwargs)
-    except (InstallError, VerificationError) as exc:
+    except (ApplianceError, VerificationError) as exc:
         _fail(as_json, exc)
 
 
@@ -56,7 +57,7 @@ root_option = click.option("--root", type=click.Path(file_okay=False, path_type=
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-@click.command(name="install", epilog="Exit codes:\n\n\b\n" + exit_code_help())
+@click.command(name="install", epilog=epilog(INSTALL_EXIT_CODES))
 @click.argument("bundle", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @root_option
 @click.option("--trust", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -84,7 +85,8 @@ def install(bundle: Path, root: Path, trust: Path | None, allow_downgrade: bool,
     Verifies every byte against the signed manifest before touching anything, builds a venv
     from the locked wheels (pip --no-index --require-hashes), switches
     /opt/sealfuse/current atomically, restarts sealfuse-watch.service and waits for READY.
-    If the new release does not come up, the previous one is restored and restarted (exit 81).
+    If the new release does not come up, the previous one is restored and restarted
+    (RolledBackError, see the exit codes below).
     """
     from sealfuse.appliance.install import install as do_install
 
@@ -100,7 +102,7 @@ def install(bundle: Path, root: Path, trust: Path | None, allow_downgrade: bool,
           + f": {state}" + (f"; pruned {', '.join(result.pruned)}" if result.pruned else ""))
 
 
-@click.command(name="rollback", epilog="Exit codes:\n\n\b\n" + exit_code_help())
+@click.command(name="rollback", epilog=epilog(ROLLBACK_EXIT_CODES))
 @root_option
 @click.option("--to", "to", help="Version to return to [default: the previously active release].")
 @click.option("--ready-timeout", type=float, default=180.0, show_default=True)
@@ -110,7 +112,7 @@ def rollback(root: Path, to: str | None, ready_timeout: float, settle: float,
              as_json: bool) -> None:
     """Return to the previous kept release, restart the unit and wait for READY.
 
-    If that release does not come up, the one that was running is restored (exit 81).
+    If that release does not come up, the one that was running is restored (RolledBackError).
     """
     from sealfuse.appliance.install import rollback as do_rollback
 
@@ -120,8 +122,7 @@ def rollback(root: Path, to: str | None, ready_timeout: float, settle: float,
           f"rolled back to {result.version} (was {result.previous}): {result.detail}")
 
 
-@click.command(name="uninstall", epilog="Exit codes: 0 removed, 84 not installed, "
-                                        "80 another installer running, 90 systemctl failed.")
+@click.command(name="uninstall", epilog=epilog(UNINSTALL_EXIT_CODES))
 @root_option
 @click.option("--purge", is_flag=True,
               help="Also remove the spool, audit log, state, install record, pinned trust "
@@ -132,7 +133,7 @@ def uninstall(root: Path, purge: bool, as_json: bool) -> None:
 
     Without --purge, /var/lib/sealfuse (spool, audit log, state) and /etc/sealfuse stay.
     """
-    from sealfuse.appliance.install import uninstall as do_uninstall
+    from sealfuse.appliance.uninstall import uninstall as do_uninstall
 
     result = _run(as_json, do_uninstall, Layout(root), purge=purge)
     _emit(as_json, result.to_dict(),
@@ -140,8 +141,7 @@ def uninstall(root: Path, purge: bool, as_json: bool) -> None:
           + ("\nkept:\n  " + "\n  ".join(result.kept) if result.kept else ""))
 
 
-@click.command(name="status", epilog="Exit codes: 0 installed and active, 1 installed but the "
-                                     "unit is not active, 84 not installed.")
+@click.command(name="status", epilog=epilog(STATUS_EXIT_CODES))
 @root_option
 @json_option
 def status(root: Path, as_json: bool) -> None:
@@ -168,13 +168,12 @@ def status(root: Path, as_json: bool) -> None:
         ]
         click.echo("\n".join(lines))
     if not doc["installed"]:
-        sys.exit(84)
+        sys.exit(NotInstalledError.exit_code)
     if doc["unit"].get("ActiveState") not in ("active", "unknown (no systemd for this root)"):
-        sys.exit(1)
+        sys.exit(EXIT_UNHEALTHY)
 
 
-@click.command(name="doctor", epilog="Exit codes: 0 every check passed, 1 a check failed, "
-                                     "84 not installed.")
+@click.command(name="doctor", epilog=epilog(DOCTOR_EXIT_CODES))
 @root_option
 @json_option
 def doctor(root: Path, as_json: bool) -> None:
@@ -191,5 +190,5 @@ def doctor(root: Path, as_json: bool) -> None:
         mark = {True: "ok  ", False: "FAIL", None: "--  "}
         click.echo("\n".join(f"{mark[c.ok]} {c.name:<10} {c.detail}" for c in checks))
     if len(checks) == 1 and checks[0].name == "release" and checks[0].ok is False:
-        sys.exit(84)
-    sys.exit(0 if ok else 1)
+        sys.exit(NotInstalledError.exit_code)
+    sys.exit(EXIT_OK if ok else EXIT_UNHEALTHY)

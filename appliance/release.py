@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sealfuse.appliance import fsutil
+from sealfuse.appliance.audit import AuditLog
+from sealfuse.appliance.errors import LockBusyError, StateError, SystemdError
 
 UNIT = "sealfuse-watch.service"
 SYSUSERS_CONF = "sealfuse.conf"
@@ -136,11 +138,16 @@ def switch_symlink(link: Path, target: str) -> None:
     fsutil.fsync_dir(link.parent)
 
 
+def audit_event(layout: Layout, event: str, **fields: Any) -> None:
+    """Append to the audit log when its directory exists (never create it before verification)."""
+    if not layout.audit_log.parent.is_dir():
+        return
+    AuditLog(layout.audit_log).append(event, **fields)
+
+
 @contextlib.contextmanager
 def locked(layout: Layout) -> Iterator[None]:
     """One installer at a time (flock on /var/lib/sealfuse/releases.lock)."""
-    from sealfuse.appliance.install import LockBusyError
-
     layout.var.mkdir(parents=True, exist_ok=True)
     fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -164,8 +171,6 @@ class InstallRecord:
 
     @classmethod
     def load(cls, layout: Layout) -> InstallRecord:
-        from sealfuse.appliance.install import StateError
-
         try:
             data = json.loads(layout.record.read_text())
         except FileNotFoundError:
@@ -224,8 +229,6 @@ class Systemd:
 
     def _run(self, argv: Sequence[str], *, check: bool = True, timeout: float = 120
              ) -> subprocess.CompletedProcess[str]:
-        from sealfuse.appliance.install import SystemdError
-
         try:
             result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:

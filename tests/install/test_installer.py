@@ -16,8 +16,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealfuse.appliance.cli import doctor, install, rollback, status, uninstall
-from sealfuse.appliance.install import (
-    InstallOptions,
+from sealfuse.appliance.errors import (
     NothingToRollBackError,
     PlatformMismatchError,
     ReleaseRunningError,
@@ -26,10 +25,11 @@ from sealfuse.appliance.install import (
     TrustRequiredError,
     VenvError,
 )
+from sealfuse.appliance.install import InstallOptions
 from sealfuse.appliance.install import install as do_install
 from sealfuse.appliance.install import rollback as do_rollback
-from sealfuse.appliance.install import uninstall as do_uninstall
 from sealfuse.appliance.release import InstallRecord, Layout
+from sealfuse.appliance.uninstall import uninstall as do_uninstall
 from sealfuse.engine.registry import read_lock
 from sealfuse.verifier.errors import BadVersionNumberError, HashMismatchError, RotationError
 from sealfuse.verifier.trust import load_trust
