@@ -17,6 +17,7 @@ from sealfuse.engine.errors import ConfigError, NoFaceInTargetError, NoReference
 from sealfuse.engine.imageio import IMAGE_EXTS, check_output_path, read_image, write_image
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Models, Pipeline, make_registry
+from sealfuse.engine.provenance import Claim, Provenance, ProvenanceConfig
 
 SUPPORTED_IMAGE_EXTS = tuple(IMAGE_EXTS)
 SUPPORTED_VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
@@ -30,8 +31,10 @@ def is_video(path: Path) -> bool:
 class Engine:
     """Models loaded once; many jobs."""
 
-    def __init__(self, options: SwapOptions | None = None) -> None:
+    def __init__(self, options: SwapOptions | None = None,
+                 provenance: Provenance | ProvenanceConfig | None = None) -> None:
         self.options = options or SwapOptions()
+        self.provenance = provenance if isinstance(provenance, Provenance) else Provenance(provenance)
         self.registry = make_registry(self.options)
         self._models: dict[tuple[Any, ...], Models] = {}
         self._lock = threading.Lock()
@@ -48,19 +51,25 @@ class Engine:
             return self._models[key]
 
     def swap_file(self, source: Path, target: Path, output: Path, options: SwapOptions | None = None, *,
-                  progress: Progress | None = None, cancel: threading.Event | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, cancel: threading.Event | None = None,
+                  job_id: str | None = None) -> dict[str, Any]:
         opts = options or self.options
         if opts.models_dir != self.options.models_dir or opts.execution_providers != self.options.execution_providers:
             opts = replace(opts, models_dir=self.options.models_dir,
                            execution_providers=self.options.execution_providers)
         return swap_file(Path(source), Path(target), Path(output), opts, models=self.models_for(opts),
-                         progress=progress, cancel=cancel)
+                         progress=progress, cancel=cancel, provenance=self.provenance, job_id=job_id)
 
 
 def swap_file(source: Path, target: Path, output: Path, options: SwapOptions, *,
               models: Models | None = None, progress: Progress | None = None,
-              cancel: threading.Event | None = None) -> dict[str, Any]:
-    """Swap faces from `source` into the image or video `target`, writing `output` atomically."""
+              cancel: threading.Event | None = None, provenance: Provenance | None = None,
+              job_id: str | None = None) -> dict[str, Any]:
+    """Swap faces from `source` into the image or video `target`, writing `output` atomically.
+
+    The output is signed with C2PA content credentials inside the atomic write when `provenance`
+    has a key; the report's `provenance` says whether it was, the manifest id and the output sha256.
+    """
     t_start = time.perf_counter()
     video = is_video(target)
     if video != is_video(output):
@@ -72,25 +81,38 @@ def swap_file(source: Path, target: Path, output: Path, options: SwapOptions, *,
         check_output_path(output, {e: e for e in allowed_video})
     else:
         check_output_path(output)
+    provenance = provenance or Provenance()
+    unsigned = provenance.check(output)  # refuses before any work when signing is required and impossible
     pipeline = Pipeline(options, source, models=models)
+    sealed: dict[str, Any] = {}
+
+    def claim() -> Claim:
+        return Claim.for_job(job_id, "video" if video else "image", pipeline.registry.used(), options)
+
+    def before_commit(tmp: Path) -> None:
+        provenance.sealing(output, claim(), sealed)(tmp)
+
     if video:
         from sealfuse.engine.video import swap_video
 
-        report = swap_video(pipeline, target, output, progress=progress, cancel=cancel)
+        report = swap_video(pipeline, target, output, progress=progress, cancel=cancel,
+                            before_commit=before_commit)
         report.setdefault("kind", "video")
     else:
-        report = swap_image(pipeline, target, output)
+        report = swap_image(pipeline, target, output, before_commit=before_commit)
     report.update({
         "source": str(source), "target": str(target), "output": str(output),
         **pipeline.describe(),
         "timings_ms": {**report.get("timings_ms", {}), **pipeline.timer.as_dict(),
                        "total": round((time.perf_counter() - t_start) * 1000, 2)},
-        "warnings": pipeline.warnings + report.get("warnings", []),
+        "warnings": pipeline.warnings + report.get("warnings", []) + ([unsigned] if unsigned else []),
+        "provenance": sealed,
     })
     return report
 
 
-def swap_image(pipeline: Pipeline, target: Path, output: Path) -> dict[str, Any]:
+def swap_image(pipeline: Pipeline, target: Path, output: Path, *,
+               before_commit: Callable[[Path], None] | None = None) -> dict[str, Any]:
     timer = pipeline.timer
     with timer.stage("decode"):
         frame = read_image(target, max_pixels=pipeline.options.max_pixels)
@@ -104,7 +126,7 @@ def swap_image(pipeline: Pipeline, target: Path, output: Path) -> dict[str, Any]
             target=target, distances=pipeline.reference_distances(faces))
     out = pipeline.render(frame, selected)
     with timer.stage("encode"):
-        written = write_image(output, out)
+        written = write_image(output, out, before_commit=before_commit)
     return {
         "kind": "image",
         "width": int(frame.shape[1]), "height": int(frame.shape[0]),

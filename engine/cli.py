@@ -115,9 +115,19 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 @click.option("--output-video-preset", default=D.output_video_preset, show_default=True)
 @click.option("--trim-frame-start", type=click.IntRange(0), default=None)
 @click.option("--trim-frame-end", type=click.IntRange(1), default=None)
+@click.option("--provenance-key", type=click.Path(path_type=Path), default=None,
+              help="PEM private key (Ed25519 or ECDSA P-256) that signs the output's C2PA manifest. Default: "
+                   "$SEALFUSE_PROVENANCE_KEY, else /etc/sealfuse/provenance/signing.key when present, else unsigned.")
+@click.option("--provenance-chain", type=click.Path(path_type=Path), default=None,
+              help="PEM certificate chain of that key (appliance certificate first, then the studio CA). "
+                   "Default: $SEALFUSE_PROVENANCE_CHAIN, else /etc/sealfuse/provenance/chain.pem.")
+@click.option("--require-signed", is_flag=True,
+              help="Fail (exit 9) instead of writing an output without C2PA content credentials.")
+@click.option("--job-id", default=None, help="Job id recorded in the manifest. Default: a new random id.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (or error) on stdout.")
 def swap(source: Path | None, target: Path | None, output: Path | None, as_json: bool,
-         max_memory_gb: float | None, models_dir: Path | None, **kw: Any) -> None:
+         max_memory_gb: float | None, models_dir: Path | None, provenance_key: Path | None,
+         provenance_chain: Path | None, require_signed: bool, job_id: str | None, **kw: Any) -> None:
     """Swap the face from SOURCE into every selected face of TARGET.
 
     Runs fully offline on ONNX Runtime; never downloads a model. Models are checked against their
@@ -144,7 +154,14 @@ def swap(source: Path | None, target: Path | None, output: Path | None, as_json:
     from sealfuse.engine.api import swap_file
 
     try:
-        report = swap_file(source, target, output, options, progress=progress, cancel=cancel)
+        from sealfuse.engine.provenance import Provenance, ProvenanceConfig
+
+        if provenance_key or provenance_chain:
+            pconfig = ProvenanceConfig(provenance_key, provenance_chain, require_signed)
+        else:
+            pconfig = ProvenanceConfig.from_environment(require=require_signed)
+        report = swap_file(source, target, output, options, progress=progress, cancel=cancel,
+                           provenance=Provenance(pconfig), job_id=job_id)
     except EngineError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2))

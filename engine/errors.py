@@ -134,5 +134,7 @@ EXIT_CODES: dict[int, str] = {
     6: "output cannot be written (missing directory, not writable)",
     7: "resource limit reached (memory, time)",
     8: "no requested execution provider is available",
+    9: "output must carry C2PA content credentials and cannot (no or unusable signing key, "
+       "a format that cannot carry a manifest, signing failed)",
     130: "interrupted (SIGINT/SIGTERM); no partial output is left",
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from sealfuse.engine.errors import OutputError
@@ -19,15 +20,18 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
 
 
-def commit_partial(tmp: Path, path: Path) -> int:
+def commit_partial(tmp: Path, path: Path, before_commit: Callable[[Path], None] | None = None) -> int:
     """Make the finished temp file `tmp` the file `path`: fsync it, rename it, fsync the directory.
 
     The one place where an engine output becomes visible; a step that must see the final bytes
-    before anyone else does (signing) belongs here, before the rename. Returns the size written.
+    before anyone else does (signing) belongs here, before the rename: `before_commit(tmp)` runs
+    on the finished temp file and may rewrite it. Returns the size written.
     On failure `tmp` is removed and nothing appears at `path`.
     """
     tmp, path = Path(tmp), Path(path)
     try:
+        if before_commit is not None:
+            before_commit(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -45,7 +49,8 @@ def commit_partial(tmp: Path, path: Path) -> int:
     return path.stat().st_size
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> int:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644,
+                       before_commit: Callable[[Path], None] | None = None) -> int:
     """Write `data` to a temporary name in the same directory, then `commit_partial` it."""
     path = Path(path)
     tmp = partial_name(path)
@@ -59,4 +64,4 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> int:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return commit_partial(tmp, path)
+    return commit_partial(tmp, path, before_commit)

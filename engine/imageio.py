@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -117,8 +118,12 @@ def check_output_path(path: Path, allowed: dict[str, str] | None = None) -> None
         raise OutputError(f"{path}: is a directory", path=path)
 
 
-def write_image(path: Path, image_bgr: np.ndarray, *, quality: int = 95) -> int:
-    """Encode in memory (no temp frames on disk) and write atomically. Returns bytes written."""
+def write_image(path: Path, image_bgr: np.ndarray, *, quality: int = 95,
+                before_commit: Callable[[Path], None] | None = None) -> int:
+    """Encode in memory (no temp frames on disk) and write atomically. Returns bytes written.
+
+    `before_commit` runs on the finished temp file before the rename (signing).
+    """
     path = Path(path)
     check_output_path(path)
     ext = path.suffix.lower()
@@ -132,6 +137,4 @@ def write_image(path: Path, image_bgr: np.ndarray, *, quality: int = 95) -> int:
     ok, buf = cv2.imencode(ext, image_bgr, params)
     if not ok:  # pragma: no cover - cv2 encodes any uint8 BGR image
         raise OutputError(f"{path}: encoding failed", path=path)
-    data = buf.tobytes()
-    atomic_write_bytes(path, data)
-    return len(data)
+    return atomic_write_bytes(path, buf.tobytes(), before_commit=before_commit)

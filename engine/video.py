@@ -10,6 +10,7 @@ container accepts its codec. The parts live in `video_probe`, `video_encoder`, `
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,8 @@ __all__ = ["DETECT_MAX_SIDE", "VIDEO_EXTS", "Cancelled", "EncoderPlan", "Progres
 
 def _run(pipeline: Pipeline | None, options: SwapOptions, target: Path, output: Path,
          progress: Progress | None, cancel: threading.Event | None,
-         detect_max_side: int | None = DETECT_MAX_SIDE) -> dict[str, Any]:
+         detect_max_side: int | None = DETECT_MAX_SIDE,
+         before_commit: Callable[[Path], None] | None = None) -> dict[str, Any]:
     target, output = Path(target), Path(output)
     if output.suffix.lower() not in VIDEO_EXTS:
         raise OutputError(f"{output}: unsupported video extension {output.suffix!r} (use {', '.join(VIDEO_EXTS)})",
@@ -49,7 +51,7 @@ def _run(pipeline: Pipeline | None, options: SwapOptions, target: Path, output: 
     job = VideoJob(pipeline, info, target, tmp, output, options, progress, cancel, detect_max_side)
     try:
         report = job.run()
-        report["bytes_written"] = commit_partial(tmp, output)
+        report["bytes_written"] = commit_partial(tmp, output, before_commit)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, EngineError | KeyboardInterrupt):
@@ -62,18 +64,20 @@ def _run(pipeline: Pipeline | None, options: SwapOptions, target: Path, output: 
 
 
 def swap_video(pipeline: Pipeline, target: Path, output: Path, *, progress: Progress | None = None,
-               cancel: threading.Event | None = None, detect_max_side: int | None = DETECT_MAX_SIDE
-               ) -> dict[str, Any]:
+               cancel: threading.Event | None = None, detect_max_side: int | None = DETECT_MAX_SIDE,
+               before_commit: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Swap faces in every frame of `target` into `output` (written atomically; nothing else on disk).
 
     Returns a report: frames, fps, audio ("copied" | "reencoded" | "none"), warnings, timings_ms.
     Raises InputError subclasses for bad input, ConfigError for unusable encoder options, and
     `Cancelled` (a KeyboardInterrupt) when `cancel` is set; in every failure no output exists.
+    `before_commit` runs on the finished temp file before the rename (signing).
     """
-    return _run(pipeline, pipeline.options, target, output, progress, cancel, detect_max_side)
+    return _run(pipeline, pipeline.options, target, output, progress, cancel, detect_max_side, before_commit)
 
 
 def transcode_video(options: SwapOptions, target: Path, output: Path, *, progress: Progress | None = None,
-                    cancel: threading.Event | None = None) -> dict[str, Any]:
+                    cancel: threading.Event | None = None,
+                    before_commit: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Decode and re-encode with the same machinery and encoder settings, no faces touched (a baseline)."""
-    return _run(None, options, target, output, progress, cancel)
+    return _run(None, options, target, output, progress, cancel, before_commit=before_commit)

@@ -27,19 +27,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("sealfuse.appliance.cli:doctor", "Check providers, models, units and clock."),
     "watch": ("sealfuse.appliance.watch_cli:watch", "Run the watch-folder daemon."),
     "audit": ("sealfuse.appliance.audit:audit", "Verify the hash-chained audit log."),
+    "provenance": ("sealfuse.cli:provenance", "C2PA content credentials: init the CA, verify an output."),
+}
+# `sealfuse provenance` spans two packages: `verify` (verifier, light) and `init` (build host)
+PROVENANCE_COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": ("sealfuse.verifier.provenance:verify", "Check a file's C2PA content credentials offline."),
+    "init": ("sealfuse.bundle.provenance:init_command", "Create the studio CA and the appliance certificate."),
 }
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
+    commands_table: dict[str, tuple[str, str]] = COMMANDS
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        return sorted(self.commands_table)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
+        if name not in self.commands_table:
             return None
-        target, short_help = COMMANDS[name]
+        target, short_help = self.commands_table[name]
         module_name, attr = target.split(":")
         try:
             module = importlib.import_module(module_name)
@@ -72,4 +80,17 @@ def main() -> None:
 
     Build and sign bundles on a connected host, verify and install them offline,
     and swap faces in a hardened watch-folder service.
+    """
+
+
+class _ProvenanceGroup(LazyGroup):
+    commands_table = PROVENANCE_COMMANDS
+
+
+@click.group(cls=_ProvenanceGroup)
+def provenance() -> None:
+    """C2PA content credentials on every output.
+
+    `init` (build host) creates the studio CA and the appliance's signing certificate;
+    `verify` checks a file offline and needs only the verifier's install plus c2pa-python.
     """
