@@ -28,4 +28,6 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 args=(bundle build --version "$version" --out-dir "$out" --wheelhouse "$wheels"
       --python-version 3.11 --platform manylinux_2_17_x86_64)
 [ -n "$models" ] && args+=(--models "$models")
+# Monitoring (docs/monitoring.md): Grafana dashboard, alert rules and their tests, scrape example.
+for f in monitoring/grafana/*.json monitoring/prometheus/*.yml; do args+=(--config "$f"); done
 .venv/bin/sealfuse "${args[@]}"

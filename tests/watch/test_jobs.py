@@ -49,7 +49,7 @@ def test_preset_and_manifest_drops_land_in_outbox_once(watch_env: WatchEnv, tmp_
     assert not list((env.spool / "work").iterdir())
     m = _metrics(env)
     assert m[("sealfuse_jobs_total", (("outcome", "done"), ("reason", "ok")))] == 2
-    assert m[("sealfuse_job_seconds_count", (("outcome", "done"),))] == 2
+    assert m[("sealfuse_job_duration_seconds_count", (("outcome", "done"),))] == 2
     assert m[("sealfuse_queue_depth", ())] == 0
     verify = subprocess.run([sys.executable, "-m", "sealfuse", "audit", "verify", str(env.state / "audit.jsonl")],
                             capture_output=True, text=True)

@@ -23,8 +23,10 @@ setsid bash -c "for d in $CGDIRS; do echo \$\$ > \$d/cgroup.procs; done
 U=$!
 P1="" st=""
 for _ in $(seq 100); do
-  if P1=$(pgrep -P "$U" 2>/dev/null) && [ "$(cat "/proc/$P1/comm" 2>/dev/null)" = systemd ] &&
-     st=$(nsenter -t "$P1" -a systemctl is-system-running 2>/dev/null); then
+  # is-system-running exits non-zero for every state but "running" (degraded included), so its
+  # output, not its exit status, decides.
+  if P1=$(pgrep -P "$U" 2>/dev/null) && [ "$(cat "/proc/$P1/comm" 2>/dev/null)" = systemd ]; then
+    st=$(nsenter -t "$P1" -a systemctl is-system-running 2>/dev/null || true)
     case $st in running|degraded) break;; esac
   fi
   sleep 0.2
