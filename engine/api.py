@@ -15,6 +15,7 @@ from typing import Any
 
 from sealfuse.engine.errors import ConfigError, NoFaceInTargetError, NoReferenceMatchError
 from sealfuse.engine.imageio import IMAGE_EXTS, check_output_path, read_image, write_image
+from sealfuse.engine.label import Label, check_label
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Models, Pipeline, make_registry
 from sealfuse.engine.provenance import Claim, Provenance, ProvenanceConfig
@@ -81,6 +82,7 @@ def swap_file(source: Path, target: Path, output: Path, options: SwapOptions, *,
         check_output_path(output, {e: e for e in allowed_video})
     else:
         check_output_path(output)
+    check_label(options.label, options.label_corner)
     provenance = provenance or Provenance()
     unsigned = provenance.check(output)  # refuses before any work when signing is required and impossible
     pipeline = Pipeline(options, source, models=models)
@@ -125,6 +127,10 @@ def swap_image(pipeline: Pipeline, target: Path, output: Path, *,
             f"no face in {target} is within distance {pipeline.options.reference_face_distance} of the reference face",
             target=target, distances=pipeline.reference_distances(faces))
     out = pipeline.render(frame, selected)
+    if pipeline.options.label:
+        with timer.stage("label"):
+            out = Label(pipeline.options.label, out.shape[1], out.shape[0],
+                        pipeline.options.label_corner).apply_bgr(out)
     with timer.stage("encode"):
         written = write_image(output, out, before_commit=before_commit)
     return {

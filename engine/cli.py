@@ -18,6 +18,7 @@ from sealfuse.engine.errors import EXIT_CODES, EngineError
 from sealfuse.engine.options import (
     EXECUTION_PROVIDERS,
     FRAME_PROCESSORS,
+    LABEL_CORNERS,
     MASK_TYPES,
     SELECTOR_MODES,
     VIDEO_ENCODERS,
@@ -115,6 +116,11 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 @click.option("--output-video-preset", default=D.output_video_preset, show_default=True)
 @click.option("--trim-frame-start", type=click.IntRange(0), default=None)
 @click.option("--trim-frame-end", type=click.IntRange(1), default=None)
+@click.option("--label", default=None,
+              help="Disclosure text drawn in a corner of the image or of every video frame, e.g. "
+                   "'AI-generated (face swap)': the visible deepfake disclosure of EU AI Act Article 50(4). "
+                   "Printable ASCII, 1-100 characters. Default: no label.")
+@click.option("--label-corner", type=click.Choice(LABEL_CORNERS), default=D.label_corner, show_default=True)
 @click.option("--provenance-key", type=click.Path(path_type=Path), default=None,
               help="PEM private key (Ed25519 or ECDSA P-256) that signs the output's C2PA manifest. Default: "
                    "$SEALFUSE_PROVENANCE_KEY, else /etc/sealfuse/provenance/signing.key when present, else unsigned.")

@@ -12,6 +12,7 @@ MASK_TYPES = ("box", "ellipse", "region")
 SELECTOR_MODES = ("many", "one", "reference")
 EXECUTION_PROVIDERS = ("cuda", "tensorrt", "cpu")
 VIDEO_ENCODERS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc")
+LABEL_CORNERS = ("bottom-right", "bottom-left", "top-right", "top-left")
 
 
 def default_models_dir() -> Path:
@@ -62,6 +63,9 @@ class SwapOptions:
     trim_frame_start: int | None = None
     trim_frame_end: int | None = None
     max_frames: int = 1_000_000
+    # visible disclosure label (EU AI Act Article 50(4)) drawn in a corner of the image or every frame
+    label: str | None = None
+    label_corner: str = "bottom-right"
 
     def with_(self, **changes: Any) -> SwapOptions:
         return replace(self, **changes)

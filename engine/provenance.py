@@ -38,7 +38,7 @@ SHAPING_OPTIONS = ("frame_processors", "face_swapper_model", "face_enhancer_mode
                    "face_detector_model", "face_detector_score", "blend_ratio", "face_mask_types",
                    "face_mask_blur", "face_mask_padding", "face_selector_mode", "reference_face_distance",
                    "detect_every", "output_video_encoder", "output_video_quality", "output_video_preset",
-                   "trim_frame_start", "trim_frame_end", "label")
+                   "trim_frame_start", "trim_frame_end", "label", "label_corner")
 
 
 class ProvenanceError(EngineError):

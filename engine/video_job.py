@@ -19,6 +19,7 @@ import numpy as np
 from sealfuse.engine import yuv as yuvlib
 from sealfuse.engine.errors import ConfigError, OutputError
 from sealfuse.engine.face import Face
+from sealfuse.engine.label import Label
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import StageTimer
 from sealfuse.engine.track import FaceTracker, TrackSelector
@@ -121,6 +122,11 @@ class VideoJob:
         self.fast = (info.pix_fmt in yuvlib.FAST_PIX_FMTS and self.plan.pix_fmt == "yuv420p"
                      and info.width % 2 == 0 and info.height % 2 == 0)
         self.matrix = yuvlib.YuvMatrix.for_stream(info.colorspace, info.color_range == 2)
+        # the visible disclosure label, drawn into every frame (in stored orientation)
+        self.label = Label(options.label, info.width, info.height, options.label_corner) if options.label else None
+        if self.label is not None and info.rotation:
+            self.warnings.append(f"the video is displayed rotated by {info.rotation} degrees: the label is drawn "
+                                 "in the stored frame and appears rotated with it")
 
     # each stage records its first exception and stops the others
     def _guard(self, fn: Callable[[], None]) -> Callable[[], None]:
@@ -195,6 +201,10 @@ class VideoJob:
                 break
             meta, fut = item
             kind, pixels = fut.result()
+            if self.label is not None:
+                with self.busy.stage("label"):
+                    pixels = (self.label.apply_yuv(pixels, self.matrix) if kind == "yuv"
+                              else self.label.apply_bgr(pixels))
             with self.busy.stage("encode"):
                 if kind == "yuv":
                     vf = av.VideoFrame.from_ndarray(pixels, format="yuv420p")
