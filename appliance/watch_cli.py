@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from sealfuse.appliance.watch.errors import EXIT_STARTUP, exit_codes_epilog
+
 
 def _default_tmp() -> Path:
     runtime = os.environ.get("RUNTIME_DIRECTORY")
@@ -16,9 +18,9 @@ def _default_tmp() -> Path:
     return Path(os.environ.get("TMPDIR") or "/tmp")
 
 
-@click.command(name="watch")
+@click.command(name="watch", epilog=exit_codes_epilog())
 @click.option("--spool", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Spool root holding inbox/, work/, outbox/ and failed/ (created if missing).")
+              help="Spool root holding inbox/, work/, outbox/, failed/ and status/ (created if missing).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML config. A missing file means the defaults; an invalid one exits 2.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -32,42 +34,38 @@ def _default_tmp() -> Path:
 @click.option("--tmp-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where per-job temporaries live [default: $RUNTIME_DIRECTORY, else $TMPDIR, else /tmp].")
 @click.option("--once", is_flag=True, help="Exit 0 once the models are loaded and the inbox is drained.")
-def watch(spool: Path, config_file: Path | None, models_dir: Path | None, state_dir: Path | None,
-          audit_log: Path | None, metrics_file: Path | None, tmp_dir: Path | None, once: bool) -> None:
+@click.pass_context
+def watch(ctx: click.Context, spool: Path, config_file: Path | None, models_dir: Path | None,
+          state_dir: Path | None, audit_log: Path | None, metrics_file: Path | None, tmp_dir: Path | None,
+          once: bool) -> None:
     """Watch SPOOL/inbox and swap faces in every job dropped there, once each.
 
     Drop a `*.job.json` manifest (media first, manifest last) into inbox/, or a media file into
     inbox/<preset>/. Results go to outbox/<job-id>/, quarantined drops to failed/<job-id>/ with
-    error.json. See docs/watch-folder.md.
-
-    Exit codes: 0 stopped cleanly (SIGTERM/SIGINT, or --once drained); 2 invalid config;
-    3 cannot set up the spool, state, audit log or tmp dir; 5 the worker cannot load the models.
+    error.json; status/<job-id>.json follows each job. See docs/watch-folder.md.
     """
     from sealfuse.appliance.audit import AuditError
-    from sealfuse.appliance.watch.config import WatchConfigError, load_config
-    from sealfuse.appliance.watch.daemon import (
-        EXIT_CONFIG,
-        EXIT_STARTUP,
-        Daemon,
-        Paths,
-        StartupError,
-    )
+    from sealfuse.appliance.watch.config import load_config
+    from sealfuse.appliance.watch.daemon import Daemon, Paths
+    from sealfuse.appliance.watch.errors import StartupError
 
+    injected = ctx.obj if isinstance(ctx.obj, dict) else {}  # tests inject a worker command
     try:
         cfg = load_config(config_file)
-    except WatchConfigError as exc:
+    except StartupError as exc:
         click.echo(f"sealfuse watch: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(exc.exit_code)
     state = state_dir or spool / ".state"
     paths = Paths(spool=spool, state=state, audit=audit_log or state / "audit.jsonl",
                   metrics=metrics_file or state / "sealfuse.prom", tmp_root=tmp_dir or _default_tmp())
-    daemon = Daemon(paths, cfg, models_dir=models_dir, once=once)
+    daemon = Daemon(paths, cfg, models_dir=models_dir, once=once,
+                    worker_command=injected.get("worker_command"))
     try:
         code = daemon.run()
     except StartupError as exc:
         click.echo(f"sealfuse watch: {exc}", err=True)
         daemon.close()
-        sys.exit(exc.code)
+        sys.exit(exc.exit_code)
     except (AuditError, OSError) as exc:
         click.echo(f"sealfuse watch: {exc}", err=True)
         daemon.close()

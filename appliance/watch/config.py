@@ -12,6 +12,8 @@ from typing import Any
 
 import jsonschema
 
+from sealfuse.appliance.watch.errors import ConfigError
+
 # Swap options a job (manifest or preset) may set. Paths, providers, threads and the
 # decompression-bomb limits stay with the operator's [engine] table.
 JOB_OPTIONS_SCHEMA: dict[str, Any] = {
@@ -69,8 +71,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "source": NAME,
         "target": NAME,
         "reference": NAME,
-        "preset": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+        "preset": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?![\\s\\S])"},
         "label": {"type": "string", "maxLength": 200},
+        "client_ref": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}(?![\\s\\S])"},
         "options": JOB_OPTIONS_SCHEMA,
     },
     "anyOf": [{"required": ["source"]}, {"required": ["preset"]}],
@@ -130,16 +133,14 @@ CONFIG_SCHEMA: dict[str, Any] = {
 }
 
 
-class WatchConfigError(Exception):
+class WatchConfigError(ConfigError):
     """The configuration file is unreadable, not TOML, or breaks the schema."""
-
-    def __init__(self, message: str, **evidence: Any) -> None:
-        super().__init__(message)
-        self.evidence = evidence
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A preset folder inbox/<name>/: the source face (and reference) and the job options."""
+
     name: str
     source: Path
     reference: Path | None
@@ -148,6 +149,8 @@ class Preset:
 
 @dataclass(frozen=True)
 class WatchConfig:
+    """The [watch], [engine], [gpu] and [presets] tables, with their defaults."""
+
     stable_seconds: float = 5.0
     scan_interval: float = 2.0
     concurrency: int = 1

@@ -1,7 +1,7 @@
-"""One supervised worker process: start, feed a job, read its JSON lines, enforce timeout and RSS.
+"""One supervised worker process: start it, feed it a job, read its JSON lines, kill it.
 
-The daemon's single-threaded loop selects on `fileno()` and calls `read_messages()`; the worker
-is killed (SIGKILL) and restarted on a crash, a hang past the job timeout, or too much memory.
+The local dispatcher selects on `fileno()` and calls `read_messages()`; it kills (SIGKILL) and
+restarts the worker on a crash, a hang past the job timeout, or too much memory.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import psutil
 
 @dataclass
 class RunningJob:
+    """The job a worker is running: id, start and deadline (monotonic), request, latest progress."""
+
     job_id: str
     started: float
     deadline: float
@@ -29,8 +31,12 @@ class RunningJob:
 
 
 class WorkerHandle:
-    def __init__(self, index: int, init: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    """One worker process started with `command`, spoken to in JSON lines on stdin/stdout."""
+
+    def __init__(self, index: int, init: dict[str, Any], env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
         self.index = index
+        self.command = command or [sys.executable, "-m", "sealfuse.appliance.watch.worker"]
         self.init = init
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -43,8 +49,9 @@ class WorkerHandle:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        """Start the process and send it `init` (it answers `ready` or `fatal`)."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sealfuse.appliance.watch.worker"],
+            self.command,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env, close_fds=True,
         )
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
@@ -57,16 +64,20 @@ class WorkerHandle:
 
     @property
     def pid(self) -> int | None:
+        """The process id, or None before start."""
         return self.proc.pid if self.proc else None
 
     def fileno(self) -> int:
+        """The worker's stdout, for select()."""
         assert self.proc and self.proc.stdout
         return self.proc.stdout.fileno()
 
     def alive(self) -> bool:
+        """The process runs."""
         return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
+        """SIGKILL and reap."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -76,6 +87,7 @@ class WorkerHandle:
         self._close()
 
     def exit_description(self) -> dict[str, Any]:
+        """returncode and, when a signal ended it, the signal's name."""
         rc = self.proc.returncode if self.proc else None
         desc: dict[str, Any] = {"returncode": rc}
         if rc is not None and rc < 0:
@@ -110,6 +122,7 @@ class WorkerHandle:
         self.proc.stdin.flush()
 
     def submit(self, job_id: str, request: dict[str, Any], timeout: float) -> None:
+        """Send one job; the deadline is now + timeout."""
         now = time.monotonic()
         self.job = RunningJob(job_id, now, now + timeout, request)
         self._write({"op": "job", "job_id": job_id, **request})

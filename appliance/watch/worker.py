@@ -15,11 +15,11 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 TUPLE_FIELDS = ("frame_processors", "face_mask_types", "face_mask_padding", "execution_providers")
-TEST_HOOKS_ENV = "SEALFUSE_TEST_HOOKS"
 
 
 def harden_process() -> None:
@@ -37,6 +37,7 @@ def harden_process() -> None:
 
 
 def to_options_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
+    """JSON options -> SwapOptions keyword arguments (tuples and paths restored)."""
     out: dict[str, Any] = {}
     for k, v in opts.items():
         if k in TUPLE_FIELDS and isinstance(v, list):
@@ -52,29 +53,12 @@ def _send(out: IO[str], msg: dict[str, Any]) -> None:
     out.flush()
 
 
-def _test_hook(target: str) -> None:
-    """Failure injection for the daemon's own tests, active only with SEALFUSE_TEST_HOOKS=1."""
-    name = Path(target).name
-    if "__abort__" in name:
-        os.abort()
-    if "__hang__" in name:
-        while True:
-            time.sleep(3600)
-    if "__hog__" in name:
-        hog = []
-        while True:  # touch every page so the memory is resident
-            hog.append(bytearray(b"\1" * (64 * 1024 * 1024)))
-            time.sleep(0.02)
-    if "__slow__" in name:
-        time.sleep(float(os.environ.get("SEALFUSE_TEST_SLOW_SECONDS", "3")))
-
-
-def main() -> int:
+def main(before_job: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Serve jobs until stdin closes. `before_job` (tests only) sees each job request first."""
     harden_process()
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # native libraries that print to stdout must not corrupt the protocol
     sys.stdout = sys.stderr
-    hooks = os.environ.get(TEST_HOOKS_ENV) == "1"
     line = sys.stdin.readline()
     if not line:
         return 0
@@ -106,8 +90,8 @@ def main() -> int:
 
         started = time.monotonic()
         try:
-            if hooks:
-                _test_hook(msg["target"])
+            if before_job is not None:
+                before_job(msg)
             opts = engine.options.with_(**to_options_kwargs(msg.get("options", {})))
             report = engine.swap_file(Path(msg["source"]), Path(msg["target"]), Path(msg["output"]), opts,
                                       progress=progress)

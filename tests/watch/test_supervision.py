@@ -105,29 +105,32 @@ def _recv_all(sock: socket.socket, seconds: float) -> list[str]:
     return msgs
 
 
-def test_sd_notify_ready_status_and_watchdog_stop_when_the_loop_hangs(watch_env: WatchEnv,
-                                                                      tmp_path: Path) -> None:
+def test_sd_notify_ready_status_and_watchdog_stop_when_the_loop_hangs(watch_env: WatchEnv) -> None:
     env = watch_env
     name = f"@sealfuse-test-{os.getpid()}-{time.monotonic_ns()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("\0" + name[1:])
-    hang = tmp_path / "hang"
-    daemon = env.start(NOTIFY_SOCKET=name, WATCHDOG_USEC="400000", SEALFUSE_TEST_HANG_FILE=str(hang))
+    daemon = env.start(NOTIFY_SOCKET=name, WATCHDOG_USEC="400000", SEALFUSE_TEST_SLOW_SECONDS="3")
     try:
         msgs: list[str] = []
         wait_for(lambda: msgs.extend(_recv_all(sock, 0.2)) or any("READY=1" in m for m in msgs), 90,
                  "READY=1")
         ready = next(m for m in msgs if "READY=1" in m)
         assert "STATUS=ready; queue 0; running none" in ready
-        png_variant(env.hanks, env.inbox / "tom" / "n.png", 9)
-        msgs = _recv_all(sock, 2.0)
+        png_variant(env.hanks, env.inbox / "tom" / "n__slow__.png", 9)
+        (started,) = wait_for(lambda: env.events("started_job"), 30, "the job to start")
+        msgs = _recv_all(sock, 1.0)
         assert sum(m == "WATCHDOG=1" for m in msgs) >= 3  # every 0.2 s (half of 0.4 s)
-        assert any(m.startswith("STATUS=") and "running 2" in m for m in msgs) or env.done()
-        hang.touch()  # the main loop blocks: pings must stop
-        time.sleep(0.5)
-        assert [m for m in _recv_all(sock, 1.5) if m == "WATCHDOG=1"] == []
-        hang.unlink()
+        # STATUS names the running job by its id (the job sleeps 3 s before its swap).
+        assert any(m.startswith("STATUS=ready; queue 0; running ") and started["job"] in m for m in msgs), msgs
+        daemon.send_signal(signal.SIGSTOP)  # the main loop hangs: pings must stop
+        try:
+            time.sleep(0.3)
+            assert [m for m in _recv_all(sock, 1.5) if m == "WATCHDOG=1"] == []
+        finally:
+            daemon.send_signal(signal.SIGCONT)
         assert "WATCHDOG=1" in _recv_all(sock, 1.0)
+        wait_for(lambda: env.done(), 60, "the slow job to finish")
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(60) == 0
         assert "STOPPING=1" in _recv_all(sock, 0.5)

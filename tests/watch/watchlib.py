@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+HARNESS = REPO / "tests" / "watch" / "watch_harness.py"  # `sealfuse watch` with the hook worker
 STATE_FILES = {"state.sqlite", "audit.jsonl", "sealfuse.prom"}
 
 
@@ -80,13 +81,13 @@ class WatchEnv:
         (self.inbox / "tom").mkdir(parents=True, exist_ok=True)
 
     def argv(self, once: bool = False) -> list[str]:
-        a = [sys.executable, "-m", "sealfuse", "watch", "--spool", str(self.spool), "--config",
+        a = [sys.executable, str(HARNESS), "--spool", str(self.spool), "--config",
              str(self.config), "--state-dir", str(self.state), "--tmp-dir", str(self.tmp)]
         return a + (["--once"] if once else [])
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-        env.update({"SEALFUSE_TEST_HOOKS": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}, **extra)
+        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}, **extra)
         return env
 
     def start(self, once: bool = False, **env: str) -> subprocess.Popen[bytes]:

@@ -1,0 +1,244 @@
+"""The daemon's job book: claimed jobs from queue to outcome, with idempotency, audit, metrics and
+status files. The file moves themselves are the spool module's; this module decides and records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sealfuse.appliance.audit import AuditLog
+from sealfuse.appliance.fsutil import rmtree_quiet, sha256_file
+from sealfuse.appliance.metrics import Metrics
+from sealfuse.appliance.watch import errors, spool
+from sealfuse.appliance.watch.admission import ClaimRequest
+from sealfuse.appliance.watch.config import WatchConfig
+from sealfuse.appliance.watch.dispatch import Dispatcher, Placement
+from sealfuse.appliance.watch.inbox import utcnow
+from sealfuse.appliance.watch.recovery import recover
+from sealfuse.appliance.watch.spool import Job
+from sealfuse.appliance.watch.state import StateDB
+from sealfuse.appliance.watch.status import StatusBoard
+
+
+class JobBook:
+    """Queue, running set and outcomes of the daemon's jobs. `paths` is the daemon's `Paths`."""
+
+    def __init__(self, paths: Any, config: WatchConfig, db: StateDB, audit: AuditLog, metrics: Metrics,
+                 write_metrics: Callable[..., None]) -> None:
+        self.paths = paths
+        self.root: Path = paths.spool
+        self.cfg = config
+        self.db = db
+        self.audit = audit
+        self.metrics = metrics
+        self.write_metrics = write_metrics
+        self.status = StatusBoard(paths.status)
+        self.queue: list[Job] = []
+        self.running: dict[str, Job] = {}
+        self._published_queue: list[str] = []
+
+    # ---------------------------------------------------------------- intake
+    def claim(self, request: ClaimRequest, *, seen: str) -> Job | None:
+        """Claim an admitted drop into work/ and admit the job (None: the producer took it back)."""
+        record = spool.claim(self.root, request.files, kind=request.kind, preset=request.preset,
+                             options=request.options, label=request.label, client_ref=request.client_ref,
+                             seen=seen)
+        if record is None:
+            return None
+        self.audit.append("claimed", job=record["job_id"], kind=request.kind, preset=request.preset,
+                          drop=[f["from"] for f in record["files"]], seen=seen)
+        job = spool.job_from_claim(record, self.root / "work" / record["job_id"], self.cfg.presets)
+        self.admit(job)
+        return job
+
+    def admit(self, job: Job) -> None:
+        """Hash the claimed inputs, apply idempotency, queue the job."""
+        digests = {}
+        try:
+            for role, path in job.inputs.items():
+                digests[role] = sha256_file(path)[0]
+        except OSError as exc:
+            self.fail(job, errors.PresetSourceError(f"cannot read an input: {exc}", error=str(exc)))
+            return
+        job.digests = digests
+        key_doc = {"kind": job.kind, "preset": job.claim.get("preset"), "options": job.options,
+                   "digests": {r: d for r, d in digests.items() if r != "manifest"}}
+        job.key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()
+        original = self.db.find_blocking(job.key, job.job_id)
+        if original is not None:
+            err = errors.DuplicateJobError(
+                f"identical job (same media digests and options) already {original['state']} as "
+                f"{original['job_id']}; not run again", original_job=original["job_id"],
+                original_state=original["state"], key=job.key)
+            self.db.upsert(job.job_id, key=job.key, state="duplicate", reason="duplicate")
+            self.audit.append("duplicate", job=job.job_id, original_job=original["job_id"], key=job.key,
+                              digests=digests)
+            self.fail(job, err, keep_media=False, duplicate=True)
+            return
+        row = self.db.get(job.job_id)
+        if row is None or row["state"] not in ("queued", "running"):
+            self.db.upsert(job.job_id, key=job.key, state="queued")
+        self.queue.append(job)
+        self.status.update(job.job_id, "queued", client_ref=job.client_ref, queue_position=len(self.queue) - 1)
+
+    def recover(self, dispatcher: Dispatcher) -> None:
+        """Apply recovery's decisions; jobs the backend still runs are adopted, not re-run."""
+        decisions = recover(self.root, self.cfg.presets, retain_inputs=self.cfg.retain_inputs)
+        adopted = set(dispatcher.adopt([d.job_id for d in decisions if d.outcome == "requeue"]))
+        for item in decisions:
+            if item.outcome == "done":
+                self.db.upsert(item.job_id, state="done")
+                self.audit.append("recovered", job=item.job_id, outcome="done")
+                self.metrics.job_finished("recovered", "done", None)
+                self.status.update(item.job_id, "done", output=_output_name(self.root, item.job_id))
+            elif item.outcome == "failed":
+                self.db.upsert(item.job_id, state="failed")
+                fields = {"reason": item.reason} if item.reason else {}
+                self.audit.append("recovered", job=item.job_id, outcome="failed", **fields)
+            elif item.outcome == "broken":
+                assert item.error is not None
+                self.db.upsert(item.job_id, state="failed", reason=item.error.reason)
+                self.audit.append("recovered", job=item.job_id, outcome="failed", reason=item.error.reason,
+                                  message=item.error.message)
+                self.status.update(item.job_id, "failed", reason=item.error.reason, message=item.error.message)
+            elif item.outcome == "fail" and item.job is not None and item.error is not None:
+                self.fail(item.job, item.error)
+            elif item.outcome == "requeue" and item.job is not None:
+                self._requeue_recovered(item.job, adopted=item.job_id in adopted)
+
+    def _requeue_recovered(self, job: Job, *, adopted: bool) -> None:
+        row = self.db.get(job.job_id)
+        attempts = row["attempts"] if row else 0
+        if adopted:
+            self.running[job.job_id] = job
+            self.audit.append("recovered", job=job.job_id, outcome="adopted", attempts=attempts)
+            return
+        if attempts >= self.cfg.max_attempts:
+            self.fail(job, errors.AttemptsExhaustedError(
+                f"the job was interrupted {attempts} times (max_attempts={self.cfg.max_attempts})",
+                attempts=attempts))
+            return
+        self.audit.append("recovered", job=job.job_id, outcome="requeued", attempts=attempts)
+        self.admit(job)
+
+    # ---------------------------------------------------------------- progress
+    def started(self, job: Job, placement: Placement, *, worker_pid: int | None) -> None:
+        """The backend took the job."""
+        attempts = self.db.start_attempt(job.job_id)
+        self.running[job.job_id] = job
+        self.audit.append("started_job", job=job.job_id, worker_pid=worker_pid, attempt=attempts)
+        self.status.update(job.job_id, "running", client_ref=job.client_ref, dispatch=placement.to_dict())
+
+    def progress(self, job_id: str, info: dict[str, Any]) -> None:
+        """A running job's progress."""
+        self.status.progress(job_id, info)
+
+    def publish_queue(self) -> None:
+        """Refresh queued jobs' positions in their status files when the queue changed."""
+        ids = [j.job_id for j in self.queue]
+        if ids != self._published_queue:
+            self._published_queue = ids
+            self.status.queue_positions(ids)
+
+    # ---------------------------------------------------------------- outcomes
+    def complete(self, job: Job, report: dict[str, Any], seconds: float, *, committed: bool = False) -> None:
+        """The job succeeded: commit outbox/<id>/ (unless the backend already did), record it."""
+        tdir = self.paths.jobs_tmp / job.job_id
+        target = job.inputs["target"]
+        result = {
+            "job_id": job.job_id, "label": job.claim.get("label"), "client_ref": job.client_ref,
+            "kind": job.kind, "preset": job.claim.get("preset"), "drop": [f["from"] for f in job.claim["files"]],
+            "inputs": {r: {"sha256": d} for r, d in job.digests.items()},
+            "output": {"name": target.name}, "options": job.options, "seen": job.claim.get("seen"),
+            "claimed": job.claim.get("claimed"), "finished": utcnow(), "seconds": round(seconds, 3),
+            "report": {k: v for k, v in report.items() if k not in ("source", "target", "output")},
+        }
+        if not committed:
+            try:
+                done = spool.commit_done(self.root, job.job_id, tdir / "out" / target.name, result,
+                                         retain_inputs=self.cfg.retain_inputs, scratch=tdir)
+            except (errors.OutputMissingError, errors.CommitFailedError) as err:
+                rmtree_quiet(tdir)
+                self.fail(job, err, seconds=seconds)
+                return
+            if done is None:
+                self.audit.append("already_committed", job=job.job_id)
+                rmtree_quiet(tdir)
+                return
+            result = done
+        frames = report.get("frames")
+        if isinstance(frames, dict):
+            frames = frames.get("processed") or frames.get("total")
+        frames = int(frames or (1 if report.get("kind") == "image" else 0) or 0)
+        self.db.upsert(job.job_id, state="done")
+        self.audit.append("done", job=job.job_id, key=job.key, inputs=job.digests,
+                          output_sha256=result["output"].get("sha256"), seconds=round(seconds, 3),
+                          faces=len(report.get("faces", []) or []), frames=frames)
+        self.metrics.job_finished("done", "ok", seconds, frames)
+        self.metrics.last_success.set(time.time())
+        self.status.update(job.job_id, "done", client_ref=job.client_ref, output=target.name)
+        rmtree_quiet(tdir)
+        self.write_metrics(force=True)
+
+    def fail(self, job: Job, err: errors.JobError, *, seconds: float | None = None,
+             keep_media: bool = True, duplicate: bool = False) -> None:
+        """Quarantine a claimed job into failed/<id>/ with error.json (and its inputs)."""
+        try:
+            committed = spool.commit_failed(self.root, job, err, keep_media=keep_media)
+        except errors.CommitFailedError as commit_err:
+            # Even the quarantine cannot be written: the claim stays in work/ for the next start.
+            self.audit.append("commit_failed", job=job.job_id, reason=err.reason, error=commit_err.message)
+            self.db.upsert(job.job_id, key=job.key or None, state="failed", reason=commit_err.reason)
+            self.status.update(job.job_id, "failed", client_ref=job.client_ref, reason=commit_err.reason,
+                               message=commit_err.message)
+            self.metrics.job_finished("failed", commit_err.reason, seconds)
+            rmtree_quiet(self.paths.jobs_tmp / job.job_id)
+            return
+        if not committed:
+            self.audit.append("already_committed", job=job.job_id)
+        elif not duplicate:
+            self.db.upsert(job.job_id, key=job.key or None, state="failed", reason=err.reason)
+            self.audit.append("failed", job=job.job_id, reason=err.reason, key=job.key or None,
+                              inputs=job.digests or None)
+        self.metrics.job_finished("duplicate" if duplicate else "failed", err.reason, seconds)
+        self.status.update(job.job_id, "failed", client_ref=job.client_ref, reason=err.reason, message=err.message)
+        rmtree_quiet(self.paths.jobs_tmp / job.job_id)
+        self.write_metrics(force=True)
+
+    def quarantine_drop(self, paths: list[Path], err: errors.DropError, *, seen: str,
+                        client_ref: str | None = None) -> None:
+        """A drop refused at admission goes to failed/<new id>/ with its reason."""
+        drop = [spool._rel(self.root, p) for p in paths]
+        try:
+            job_id = spool.quarantine_drop(self.root, paths, err, seen=seen, client_ref=client_ref)
+        except errors.CommitFailedError as commit_err:
+            self.audit.append("quarantine_failed", drop=drop, reason=err.reason, error=commit_err.message)
+            return
+        self.audit.append("failed", job=job_id, reason=err.reason, drop=drop)
+        self.metrics.job_finished("failed", err.reason, None)
+        self.status.update(job_id, "failed", client_ref=client_ref, reason=err.reason, message=err.message)
+        self.write_metrics(force=True)
+
+    def requeue_all(self) -> None:
+        """Graceful stop: hand every queued job back to the inbox."""
+        for job in self.queue:
+            if spool.requeue(self.root, job):
+                self.db.forget(job.job_id)
+                self.status.forget(job.job_id)
+                self.audit.append("requeued", job=job.job_id, drop=[f["from"] for f in job.claim["files"]])
+                rmtree_quiet(self.paths.jobs_tmp / job.job_id)
+            else:
+                self.audit.append("requeue_blocked", job=job.job_id)
+        self.queue.clear()
+
+
+def _output_name(root: Path, job_id: str) -> str | None:
+    try:
+        return json.loads((root / "outbox" / job_id / "result.json").read_text())["output"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
