@@ -103,6 +103,12 @@ class ModelSignatureError(ModelError):
     reason = "model_signature"
 
 
+class ModelFetchError(ModelError):
+    """`sealfuse models fetch-starter` could not get or read the pinned wheel (a connected host only)."""
+
+    reason = "model_fetch_failed"
+
+
 class OutputError(EngineError):
     """The output cannot be written where asked (exit 6)."""
 

@@ -1,4 +1,4 @@
-"""A detected face: box, five landmarks, score, and (when a recognizer ran) its embedding."""
+"""A detected face: box, five landmarks, score, and (when computed) its 468-point mesh and embedding."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ class Face:
     score: float
     embedding: np.ndarray | None = None  # raw recognizer output (512,), when computed
     track_id: int | None = None  # stable id across video frames, when tracked
+    mesh: np.ndarray | None = None  # float32 (468, 3): FaceMesh x, y in image pixels, z relative depth (same scale)
 
     @property
     def normed_embedding(self) -> np.ndarray | None:

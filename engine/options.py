@@ -35,7 +35,7 @@ class SwapOptions:
     face_enhancer_model: str = "gfpgan_1.4"
     face_enhancer_blend: float = 0.8
     face_recognizer_model: str = "arcface_w600k_r50"
-    # "auto": SCRFD det_10g when present, else the starter MTCNN.
+    # "auto": SCRFD det_10g when present, else the starter BlazeFace (full range, tiled) + FaceMesh.
     face_detector_model: str = "auto"
     face_detector_score: float = 0.6
     blend_ratio: float = 1.0

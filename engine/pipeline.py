@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from sealfuse.engine import masks as masklib
+from sealfuse.engine.detect_blazeface import BlazeFaceDetector
+from sealfuse.engine.detect_facemesh import FaceMesher
 from sealfuse.engine.errors import (
     ConfigError,
     ModelMissingError,
@@ -102,7 +104,12 @@ class Models:
         o = options
         self.detector_name = o.face_detector_model
         if self.detector_name == "auto":
-            self.detector_name = "scrfd_10g" if registry.present("scrfd_10g") else "mtcnn"
+            self.detector_name = "scrfd_10g" if registry.present("scrfd_10g") else "blazeface"
+        # FaceMesh gives every face its 468-point mesh and the five alignment points: required
+        # behind BlazeFace (whose own points are coarse), used with the other detectors when present.
+        self.mesher_name: str | None = None
+        if self.detector_name == "blazeface" or registry.present("facemesh_468"):
+            self.mesher_name = "facemesh_468"
         self.swapper_name = o.face_swapper_model
         if self.swapper_name == "auto":
             self.swapper_name = "inswapper_128" if registry.present("inswapper_128") else "classic"
@@ -155,14 +162,23 @@ class Models:
                 self._cache[key] = build()
             return self._cache[key]
 
-    def detector(self) -> MTCNNFamily | SCRFDFamily:
+    def detector(self) -> MTCNNFamily | SCRFDFamily | BlazeFaceDetector:
         r = self.registry
+        if self.detector_name == "blazeface":
+            return self._get("det", lambda: BlazeFaceDetector(r.tflite("blazeface_full_range"),
+                                                              r.tflite("blazeface_short_range"),
+                                                              self.options.face_detector_score))
         if self.detector_name == "mtcnn":
             return self._get("det", lambda: MTCNNFamily(r.session("mtcnn_pnet"), r.session("mtcnn_rnet"),
                                                          r.session("mtcnn_onet"), self.options.face_detector_score))
         self._family(self.detector_name, "scrfd", "--face-detector-model")
         return self._get("det", lambda: SCRFDFamily(r.resolve(self.detector_name).path,
                                                      r.session(self.detector_name), self.options.face_detector_score))
+
+    def mesher(self) -> FaceMesher | None:
+        if not self.mesher_name:
+            return None
+        return self._get("mesh", lambda: FaceMesher(self.registry.tflite("facemesh_468")))
 
     def recognizer(self) -> ArcFaceFamily | None:
         if not self.recognizer_name:
@@ -189,6 +205,7 @@ class Models:
     def load_all(self) -> None:
         """Create every session these options need (the daemon does this before READY=1)."""
         self.detector()
+        self.mesher()
         self.recognizer()
         self.swapper()
         self.enhancer()
@@ -224,6 +241,7 @@ class Pipeline:
         self.models = models or Models(options, self.registry)
         self.timer = StageTimer()
         self._detector = self.models.detector()
+        self._mesher = self.models.mesher()
         self._recognizer = self.models.recognizer()
         self._swapper = self.models.swapper()
         self._enhancer = self.models.enhancer()
@@ -252,8 +270,7 @@ class Pipeline:
         return hit[0], hit[1]
 
     def _pick(self, image: np.ndarray, role: str, origin: object) -> Face:
-        with self.timer.stage("detect"):
-            faces = self._detector.detect(image)
+        faces = self.detect(image)
         if not faces:
             raise NoFaceInSourceError(f"no face found in the {role} image {origin if not isinstance(origin, np.ndarray) else ''}".strip(),
                                       role=role)
@@ -266,9 +283,18 @@ class Pipeline:
         return face
 
     # -- the three calls video streaming builds on ------------------------------------------------
-    def detect(self, frame: np.ndarray) -> list[Face]:
+    def detect(self, frame: np.ndarray, *, mesh: bool = True) -> list[Face]:
+        """Every face in `frame`; with `mesh` (and FaceMesh loaded) each carries its mesh and mesh points."""
         with self.timer.stage("detect"):
-            return self._detector.detect(frame)
+            faces = self._detector.detect(frame)
+        return self.refine(frame, faces) if mesh else faces
+
+    def refine(self, frame: np.ndarray, faces: list[Face]) -> list[Face]:
+        """Faces with FaceMesh's 468 points and the five alignment points taken from them (when loaded)."""
+        if self._mesher is None or not faces:
+            return faces
+        with self.timer.stage("mesh"):
+            return self._mesher.refine(frame, faces)
 
     def select(self, faces: list[Face], frame: np.ndarray) -> list[Face]:
         mode = self.options.face_selector_mode
@@ -361,6 +387,7 @@ class Pipeline:
     def describe(self) -> dict[str, Any]:
         return {
             "detector": self.models.detector_name,
+            "landmarker": self.models.mesher_name,
             "swapper": self.models.swapper_name,
             "recognizer": self.models.recognizer_name,
             "enhancer": self.models.enhancer_name,

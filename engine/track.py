@@ -17,7 +17,7 @@ import numpy as np
 
 from sealfuse.engine.face import Face
 
-__all__ = ["FaceTracker", "OneEuro", "TrackSelector", "iou"]
+__all__ = ["FaceTracker", "MeshSmoother", "OneEuro", "TrackSelector", "iou"]
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -345,3 +345,32 @@ class TrackSelector:
                         if self._fails[f.track_id] >= self.strikes:
                             self.chosen[f.track_id] = False
         return sorted((f for f in faces if self.chosen.get(f.track_id or -1)), key=lambda f: float(f.bbox[0]))
+
+
+class MeshSmoother:
+    """Each track's 468-point mesh One-Euro filtered across frames, so a swapped face does not shimmer.
+
+    The five alignment points are taken again from the smoothed mesh. Faces without a mesh or a
+    track id pass through; filters of tracks no longer alive are dropped.
+    """
+
+    def __init__(self, min_cutoff: float = 0.8, beta: float = 3.0) -> None:
+        self.min_cutoff, self.beta = min_cutoff, beta
+        self._filters: dict[int, OneEuro] = {}
+
+    def __call__(self, faces: list[Face], t: float, *, alive: set[int] | None = None) -> list[Face]:
+        from sealfuse.engine.detect_facemesh import five_points_from_mesh
+
+        out = []
+        for f in faces:
+            if f.mesh is None or f.track_id is None:
+                out.append(f)
+                continue
+            filt = self._filters.setdefault(f.track_id, OneEuro(self.min_cutoff, self.beta))
+            width = float(np.ptp(f.mesh[:, 0])) or 1.0
+            mesh = np.asarray(filt(f.mesh.astype(np.float64), t, width), np.float32)
+            out.append(f.with_(mesh=mesh, kps=five_points_from_mesh(mesh)))
+        if alive is not None:
+            for tid in [k for k in self._filters if k not in alive]:
+                del self._filters[tid]
+        return out

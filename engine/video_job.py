@@ -22,7 +22,7 @@ from sealfuse.engine.face import Face
 from sealfuse.engine.label import Label
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import StageTimer
-from sealfuse.engine.track import FaceTracker, TrackSelector
+from sealfuse.engine.track import FaceTracker, MeshSmoother, TrackSelector
 from sealfuse.engine.video_audio import AudioFeed
 from sealfuse.engine.video_encoder import available_encoders, plan_encoder
 from sealfuse.engine.video_probe import MUXERS, VideoInfo
@@ -35,9 +35,9 @@ __all__ = ["DETECT_MAX_SIDE", "Cancelled", "Progress", "VideoJob", "detect_scale
 
 _SENTINEL = object()
 # Detection runs on a copy scaled so its long side is at most this many pixels (the tracker carries
-# faces in between): about 3x cheaper than full size at 1280x720. MTCNN's smallest face is 20 px in
-# the copy, so faces under about 40 px at 720p, 60 px at 1080p, 120 px at 4K are not found; pass
-# detect_max_side=None to detect at full size.
+# faces in between): about 3x cheaper than full size at 1280x720. Faces much smaller than about
+# 1/20 of the copy's long side are not found there (BlazeFace full range sees the copy at 192 px;
+# MTCNN's smallest face is 20 px in the copy); pass detect_max_side=None to detect at full size.
 DETECT_MAX_SIDE = 640
 Progress = Callable[[dict[str, Any]], None]
 
@@ -67,16 +67,19 @@ def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
 
 
 def detect_scaled(pipeline: Pipeline, frame: np.ndarray, max_side: int | None) -> list[Face]:
-    """pipeline.detect on a copy whose long side is at most `max_side`; boxes and landmarks in frame pixels."""
+    """pipeline.detect on a copy whose long side is at most `max_side`; boxes and landmarks in frame pixels.
+
+    No mesh here: the track stage adds it at full size to the faces it follows (every frame).
+    """
     h, w = frame.shape[:2]
     if not max_side or max(h, w) <= max_side:
-        return pipeline.detect(frame)
+        return pipeline.detect(frame, mesh=False)
     import cv2
 
     s = max_side / max(h, w)
     small = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
     back = np.array([w / small.shape[1], h / small.shape[0]], np.float32)
-    return [f.with_(bbox=(f.bbox.reshape(2, 2) * back).reshape(4), kps=f.kps * back) for f in pipeline.detect(small)]
+    return [f.with_(bbox=(f.bbox.reshape(2, 2) * back).reshape(4), kps=f.kps * back) for f in pipeline.detect(small, mesh=False)]
 
 
 def _done(value: Any) -> Future[Any]:
@@ -160,6 +163,7 @@ class VideoJob:
     def _track(self) -> None:
         p = self.pipeline
         tracker = FaceTracker()
+        smoother = MeshSmoother()
         selector = TrackSelector(self.o.face_selector_mode, p.select) if p is not None else None
         while True:
             item = _get(self.q_frames, self.stop)
@@ -175,6 +179,8 @@ class VideoJob:
                         faces = tracker.detect(bgr, faces_found, meta.time)
                     else:
                         faces = tracker.follow(bgr, meta.time)
+                faces = smoother(p.refine(bgr, faces), meta.time, alive=tracker.ids())
+                with self.busy.stage("track"):
                     chosen = selector.choose(faces, bgr, detect_frame=det is not None, alive=tracker.ids())
                 self.tracks_seen.update(f.track_id for f in faces if f.track_id is not None)
             if chosen and p is not None:

@@ -32,3 +32,6 @@ if .venv/bin/python -m pip show -q opencv-python >/dev/null 2>&1; then
   .venv/bin/python -m pip uninstall -q -y opencv-python
   .venv/bin/python -m pip install -q --force-reinstall --no-deps opencv-python-headless
 fi
+# The starter models (BlazeFace, FaceMesh; Apache-2.0) out of the pinned mediapipe wheel, every
+# digest checked, into the default models directory ($SEALFUSE_MODELS_DIR or ~/.local/share/...).
+.venv/bin/sealfuse models fetch-starter

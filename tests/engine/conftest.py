@@ -9,6 +9,7 @@ import pytest
 
 from sealfuse.engine.imageio import read_image
 from sealfuse.engine.options import SwapOptions
+from tests.starter_models import add_starter
 
 from . import standins  # noqa: F401  (re-exported for tests)
 
@@ -22,7 +23,8 @@ def standin_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def empty_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("no-models")
+    """No operator-supplied model: only the starter models that every install has."""
+    return add_starter(tmp_path_factory.mktemp("no-models"))
 
 
 @pytest.fixture(scope="session")

@@ -139,10 +139,11 @@ def wrong_signature(path: Path) -> Path:
 
 def models_dir(root: Path, *, swapper: bool = True, recognizer: bool = True, enhancer: bool = False,
                parser: bool = False, detector: bool = False) -> Path:
-    """A models directory with the requested stand-ins and a models.lock.json pinning them."""
+    """A models directory with the starter models, the requested stand-ins and a models.lock.json pinning them."""
     from sealfuse.engine.registry import CATALOG, sha256_file, write_lock
+    from tests.starter_models import add_starter
 
-    root.mkdir(parents=True, exist_ok=True)
+    add_starter(root)
     wanted = {"inswapper_128": (swapper, inswapper), "arcface_w600k_r50": (recognizer, arcface),
               "gfpgan_1.4": (enhancer, gfpgan), "bisenet_resnet_34": (parser, bisenet),
               "scrfd_10g": (detector, scrfd)}

@@ -132,10 +132,11 @@ def test_unknown_model_name_lists_the_catalog(tmp_path):
         ModelRegistry.spec("inswapper_999")
 
 
-def test_models_object_routes_auto_to_classic_without_production_models(tmp_path):
+def test_models_object_routes_auto_to_the_starter_models_without_production_models(tmp_path):
     m = Models(SwapOptions(models_dir=tmp_path, execution_providers=("cpu",)), make_registry(
         SwapOptions(models_dir=tmp_path, execution_providers=("cpu",))))
-    assert m.swapper_name == "classic" and m.detector_name == "mtcnn" and m.recognizer_name is None
+    assert m.swapper_name == "classic" and m.recognizer_name is None
+    assert m.detector_name == "blazeface" and m.mesher_name == "facemesh_468"
 
 
 def test_models_pin_command_writes_a_lock_the_registry_accepts(tmp_path):

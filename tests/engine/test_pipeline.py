@@ -146,7 +146,7 @@ def test_engine_report_lists_faces_models_with_sha256_and_timings(standin_models
     report = Engine(_standin_options(standin_models)).swap_file(hanks_png, t1_jpg, tmp_path / "out.webp")
     assert len(report["faces"]) == 6 and all(f["selected"] for f in report["faces"])
     names = {m["name"]: m for m in report["models"]}
-    assert {"inswapper_128", "arcface_w600k_r50", "mtcnn_pnet"} <= set(names)
+    assert {"inswapper_128", "arcface_w600k_r50", "blazeface_full_range", "facemesh_468"} <= set(names)
     assert all(len(m["sha256"]) == 64 for m in names.values())
     assert {"detect", "swap", "paste", "decode", "encode", "total"} <= set(report["timings_ms"])
     out = read_image(tmp_path / "out.webp", max_pixels=10**8)

@@ -149,6 +149,7 @@ def test_the_whole_swap_runs_inside_unshare_net(hanks_png, t1_jpg, tmp_path, sta
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     assert report["swapper"] == "inswapper_128" and len(report["faces"]) == 6
+    assert report["detector"] == "blazeface" and report["landmarker"] == "facemesh_468"
     assert out.stat().st_size > 10_000
     links = subprocess.run(["unshare", "--net", "ip", "-o", "link"], capture_output=True, text=True)
     if links.returncode == 0:

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.starter_models import add_starter
+
 from .container import Container, skip_reason
 from .wheelhouse import build_sealfuse_wheel, ensure_runtime_wheels
 
@@ -140,6 +142,8 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     assert mtcnn and mtcnn.submodule_search_locations
     shutil.copy(Path(list(mtcnn.submodule_search_locations)[0]) / "pnet.onnx",
                 models / "mtcnn_pnet.onnx")
+    add_starter(models)  # the starter detector and FaceMesh, as scripts/build-bundle.sh ships them
+    starter_licences = {p.name: "Apache-2.0" for p in models.glob("*.tflite")}
 
     key = Ed25519PrivateKey.generate()
     make_trust("sealfuse", [TrustedKey.from_public(key.public_key(), "release-key")], 1) \
@@ -149,7 +153,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         out = share / f"out{version}"
         result = build_bundle(BuildInputs(
             version=version, out_dir=out, wheelhouse=wheels, models_dir=models,
-            licences={"mtcnn_pnet.onnx": "MIT"}, units_dir=REPO / "systemd",
+            licences={"mtcnn_pnet.onnx": "MIT", **starter_licences}, units_dir=REPO / "systemd",
             hardening_dir=REPO / "hardening", source_date_epoch=1_750_000_000 + int(version),
             expires_days=3650))
         sign_bundle(result.path, key)

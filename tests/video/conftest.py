@@ -8,19 +8,20 @@ import pytest
 
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
+from tests.starter_models import add_starter
 
 from .clips import make_clip
 
 
 @pytest.fixture(scope="session")
 def video_options(tmp_path_factory: pytest.TempPathFactory) -> SwapOptions:
-    return SwapOptions(models_dir=tmp_path_factory.mktemp("no-models"), execution_providers=("cpu",),
+    return SwapOptions(models_dir=add_starter(tmp_path_factory.mktemp("no-models")), execution_providers=("cpu",),
                        execution_threads=2)
 
 
 @pytest.fixture(scope="session")
 def pipeline(video_options: SwapOptions, t1_jpg: Path) -> Pipeline:
-    """The real default pipeline (starter MTCNN detector + classic swapper); source: t1.jpg's largest face."""
+    """The real default pipeline (starter BlazeFace + FaceMesh, starter swapper); source: t1.jpg's largest face."""
     return Pipeline(video_options, t1_jpg)
 
 

@@ -33,6 +33,7 @@ from sealfuse.engine.video import (
     swap_video,
     transcode_video,
 )
+from tests.starter_models import add_starter
 
 from .clips import Sprite, audio_digests, decode_frames, hanks_face, make_clip, psnr
 
@@ -298,7 +299,7 @@ def test_a_signalled_swap_process_exits_130_and_leaves_no_file(sig, hanks_png, t
     clip = make_clip(tmp_path / "in.mp4", frames=240, audio="aac")
     outdir = tmp_path / "out"
     outdir.mkdir()
-    env = dict(os.environ, SEALFUSE_MODELS_DIR=str(tmp_path / "no-models"))
+    env = dict(os.environ, SEALFUSE_MODELS_DIR=str(add_starter(tmp_path / "no-models")))
     cmd = [sys.executable, "-c", "from sealfuse.cli import main; main()", "swap", "-s", str(hanks_png),
            "-t", str(clip), "-o", str(outdir / "out.mp4"), "--execution-providers", "cpu", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
