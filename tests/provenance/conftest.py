@@ -11,6 +11,7 @@ import pytest
 from sealfuse.bundle.provenance import init
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.provenance import Provenance, ProvenanceConfig
+from tests.starter_models import add_starter
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +35,7 @@ def signing(pki: SimpleNamespace) -> Provenance:
 
 @pytest.fixture(scope="session")
 def cpu(tmp_path_factory: pytest.TempPathFactory) -> SwapOptions:
-    return SwapOptions(models_dir=tmp_path_factory.mktemp("no-models"), execution_providers=("cpu",),
+    return SwapOptions(models_dir=add_starter(tmp_path_factory.mktemp("no-models")), execution_providers=("cpu",),
                        execution_threads=2)
 
 

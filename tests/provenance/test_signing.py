@@ -52,7 +52,7 @@ def test_an_image_swap_is_signed_and_reads_back_trusted(ext, private_names, cpu,
     assert creds.software_agent.startswith("sealfuse ") and creds.claim_generator.startswith("sealfuse ")
     assert creds.job_id == "job-42"
     names = {m["name"] for m in creds.models}
-    assert {"mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"} <= names
+    assert {"blazeface_full_range", "blazeface_short_range", "facemesh_468"} <= names
     assert all(len(m["sha256"]) == 64 and "/" not in m["file"] for m in creds.models)
     assert creds.options["face_swapper_model"] == "auto" and creds.options["blend_ratio"] == 1.0
 
