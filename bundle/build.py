@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sealfuse.bundle.errors import BuildError, LicenceMissingError, ModelDigestError, WheelError
 from sealfuse.bundle.tarwrite import PayloadFile, write_bundle
+from sealfuse.verifier.inputs import MAX_TRUST_BYTES, loads_strict, open_regular, read_regular
 from sealfuse.verifier.model import (
     LockEntry,
     Manifest,
@@ -52,7 +53,8 @@ CONFLICTS = [
      "opencv-contrib-python-headless"},
     {"onnxruntime", "onnxruntime-gpu"},
 ]
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CPYTHON_TAG = re.compile(r"cp([0-9])([0-9]{1,2})")
 CHUNK = 1 << 20
 
 
@@ -61,7 +63,8 @@ def sha256_file(path: Path) -> tuple[str, int]:
     size = 0
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
+    fd, _ = open_regular(path, "input file")
+    with os.fdopen(fd, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
             size += n
@@ -101,8 +104,8 @@ class Wheel:
         major = python_tag[2]
         ok_py = {"py3", f"py{major}", f"py{major}{minor}", python_tag}
         abi3_ok = "abi3" in self.abi_tags and any(
-            t.startswith(f"cp{major}") and t[3:].isdigit() and int(t[3:]) <= int(minor)
-            for t in self.python_tags)
+            (m := _CPYTHON_TAG.fullmatch(t)) is not None and m.group(1) == major
+            and int(m.group(2)) <= int(minor) for t in self.python_tags)
         if not (ok_py & set(self.python_tags)) and not abi3_ok:
             raise WheelError(f"{self.path.name} is not for {python_tag}",
                              path=self.path.name, target=python_tag, tags=self.python_tags)
@@ -200,7 +203,7 @@ def collect_wheels(dirs: Iterable[Path], python_tag: str, arch: str) -> list[Whe
             wheel.check_target(python_tag, arch)
             if wheel.name in wheels:
                 other = wheels[wheel.name]
-                if other.path.read_bytes() == path.read_bytes():
+                if sha256_file(other.path) == sha256_file(path):
                     continue
                 raise WheelError(f"two wheels for {wheel.name}: {other.path.name} and {path.name}",
                                  paths=[other.path.name, path.name])
@@ -218,7 +221,7 @@ def parse_model_url(spec: str) -> tuple[str, str, str]:
     url, _, fragment = spec.partition("#")
     params = urllib.parse.parse_qs(fragment)
     digest = (params.get("sha256") or [""])[0].lower()
-    if not _HEX64.match(digest):
+    if not _HEX64.fullmatch(digest):
         raise BuildError(f"--model-url {spec!r} needs a pinned digest: URL#sha256=<64 hex>",
                          url=url)
     name = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
@@ -249,13 +252,12 @@ def fetch_model(spec: str, dest_dir: Path) -> Path:
 
 
 def _read_catalog(models_dir: Path | None) -> dict[str, dict[str, str]]:
-    import json
-
     if models_dir is None or not (models_dir / CATALOG_NAME).is_file():
         return {}
     path = models_dir / CATALOG_NAME
+    data = loads_strict(read_regular(path, "models catalog", MAX_TRUST_BYTES),
+                        duplicate=BuildError, invalid=BuildError, what=str(path), path=str(path))
     try:
-        data = json.loads(path.read_text())
         return {str(e["file"]): {k: str(v) for k, v in e.items()} for e in data["models"]}
     except (ValueError, KeyError, TypeError) as exc:
         raise BuildError(f"{path} is not a valid models catalog: {exc!r}", path=str(path)) from exc

@@ -141,6 +141,7 @@ def sign(bundle_path: Path, key_path: Path | None, passphrase_file: Path | None,
     refused (exit 86).
     """
     from sealfuse.bundle.sign import add_sigstore, add_sshsig, sign_bundle
+    from sealfuse.verifier.inputs import MAX_SIGNATURE_INPUT_BYTES, read_regular
 
     if sum(x is not None for x in (key_path, sshsig_path, sigstore_path)) != 1:
         raise click.UsageError("give exactly one of --key, --sshsig, --sigstore")
@@ -151,10 +152,12 @@ def sign(bundle_path: Path, key_path: Path | None, passphrase_file: Path | None,
             key = load_signing_key(key_path, passphrase_file)
             added = sign_bundle(bundle_path, key)
         elif sshsig_path is not None:
-            added = [add_sshsig(bundle_path, sshsig_path.read_bytes())]
+            added = [add_sshsig(bundle_path, read_regular(sshsig_path, "SSHSIG file",
+                                                          MAX_SIGNATURE_INPUT_BYTES))]
         else:
             assert sigstore_path is not None
-            added = [add_sigstore(bundle_path, sigstore_path.read_bytes())]
+            added = [add_sigstore(bundle_path, read_regular(sigstore_path, "sigstore bundle",
+                                                            MAX_SIGNATURE_INPUT_BYTES))]
     except VerificationError as exc:
         _fail(exc)
         return

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+from sealfuse.verifier.inputs import open_regular
 from sealfuse.verifier.model import MANIFEST_NAME, SIGNATURES_DIR
 
 FILE_MODE = 0o644
@@ -50,7 +51,8 @@ class PayloadFile:
         if self.data is not None:
             return io.BytesIO(self.data)
         assert self.source is not None
-        return open(self.source, "rb")  # noqa: SIM115 - caller closes
+        fd, _ = open_regular(self.source, "payload file")
+        return os.fdopen(fd, "rb")
 
 
 def _info(name: str, size: int, mtime: int) -> tarfile.TarInfo:

@@ -1,27 +1,53 @@
 """A strict, single-pass POSIX tar reader: ustar headers plus pax `path`/`size` records, nothing else.
 
-It never seeks, reads member data in large chunks into one reused buffer, checks header checksums,
-zero padding, the end-of-archive marker and that only zeros follow it.
+Every header field is parsed by the POSIX grammar exactly (ASCII octal digits and a NUL/space
+terminator, NUL-padded ASCII text, `ustar\\0` `00`, zero padding, the unsigned checksum; pax
+records `<decimal length> <key>=<value>\\n` with exact lengths and ASCII digits). Anything two tar
+readers could read differently is refused. It never seeks, never reads past the size the file had
+when it was opened, reads member data in chunks into one reused buffer, and checks zero padding,
+the end-of-archive marker and that only zeros follow it.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sealfuse.verifier.errors import (
+    AmbiguousHeaderError,
     ArchiveFormatError,
+    HeaderChecksumError,
+    HeaderFieldError,
+    PaxRecordError,
     TrailingDataError,
     TruncatedArchiveError,
+    UnsupportedHeaderError,
 )
 
 BLOCK = 512
 CHUNK = 4 << 20
 MAX_PAX = 64 << 10
-REGULAR = (b"0", b"\x00")
+REGULAR = b"0"
+PAX = b"x"
 PAX_KEYS = frozenset({"path", "size"})
 _ZERO_BLOCK = bytes(BLOCK)
+# (offset, width) of the ustar fields (POSIX.1-2017, pax "ustar Interchange Format").
+_NUMERIC = {"mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "size": (124, 12),
+            "mtime": (136, 12), "chksum": (148, 8), "devmajor": (329, 8), "devminor": (337, 8)}
+_TEXT = {"name": (0, 100), "linkname": (157, 100), "uname": (265, 32), "gname": (297, 32),
+         "prefix": (345, 155)}
+_MAY_BE_EMPTY = frozenset({"devmajor", "devminor"})
+_OCTAL = re.compile(rb"([0-7]+)[ \x00]+")
+_BLANK = re.compile(rb"[ \x00]*")
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+_PAX_LENGTH = re.compile(rb"[1-9][0-9]{0,7}")
+_PAX_KEY = re.compile(rb"[a-z]+")
+_DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,19})", re.ASCII)
+_UNSUPPORTED = {b"g": "global pax header", b"L": "GNU long name", b"K": "GNU long link name",
+                b"S": "GNU sparse file", b"V": "GNU volume header", b"M": "GNU multi-volume",
+                b"N": "GNU old long name", b"D": "GNU dump directory", b"X": "Solaris pax header"}
 
 
 @dataclass(frozen=True)
@@ -36,7 +62,7 @@ class Header:
 
     @property
     def is_regular(self) -> bool:
-        return self.typeflag in REGULAR
+        return self.typeflag == REGULAR
 
     @property
     def is_link(self) -> bool:
@@ -47,51 +73,141 @@ class Header:
         return _TYPE_NAMES.get(self.typeflag, f"type {self.typeflag!r}")
 
 
-_TYPE_NAMES = {b"0": "regular file", b"\x00": "regular file", b"1": "hard link",
+_TYPE_NAMES = {b"0": "regular file", b"\x00": "old-style regular file", b"1": "hard link",
                b"2": "symbolic link", b"3": "character device", b"4": "block device",
                b"5": "directory", b"6": "FIFO", b"7": "contiguous file"}
 
 
-def _octal(field: bytes, what: str, offset: int) -> int:
-    if field and field[0] & 0x80:  # GNU base-256
-        if field[0] != 0x80:
-            raise ArchiveFormatError(f"negative or unsupported base-256 {what}", offset=offset)
-        return int.from_bytes(field[1:], "big")
-    text = field.split(b"\x00", 1)[0].strip(b" ")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise ArchiveFormatError(f"header field {what} is not octal: {field!r}",
-                                 offset=offset) from None
+def _octal(block: bytes, what: str, offset: int) -> int:
+    start, width = _NUMERIC[what]
+    field = block[start:start + width]
+    if field[0] & 0x80:
+        raise UnsupportedHeaderError(f"header field {what} at byte {offset} is a GNU base-256 "
+                                     "number (sealfuse writes pax records instead)",
+                                     offset=offset, field=what)
+    m = _OCTAL.fullmatch(field)
+    if m is None:
+        if what in _MAY_BE_EMPTY and _BLANK.fullmatch(field):
+            return 0
+        raise HeaderFieldError(f"header field {what} at byte {offset} is not ASCII octal digits "
+                               f"ended by NUL or space: {field!r}", offset=offset, field=what,
+                               value=field.hex())
+    return int(m.group(1), 8)
 
 
-def _text(field: bytes, what: str, offset: int) -> str:
-    raw = field.split(b"\x00", 1)[0]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ArchiveFormatError(f"header field {what} is not UTF-8", offset=offset) from None
+def _text(block: bytes, what: str, offset: int) -> str:
+    start, width = _TEXT[what]
+    field = block[start:start + width]
+    raw, nul, rest = field.partition(b"\x00")
+    if rest.strip(b"\x00") or not _PRINTABLE.fullmatch(raw):
+        raise HeaderFieldError(f"header field {what} at byte {offset} is not NUL-padded "
+                               f"printable ASCII: {field.rstrip(bytes(1))!r}", offset=offset,
+                               field=what)
+    return raw.decode("ascii")
+
+
+def parse_header(block: bytes, offset: int) -> Header:
+    """Parse one 512-byte ustar header block by the grammar; raise an ArchiveFormatError kind."""
+    stored = _octal(block, "chksum", offset)
+    actual = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if stored != actual:
+        raise HeaderChecksumError(f"header checksum mismatch at byte {offset}",
+                                  offset=offset, expected=stored, actual=actual)
+    for what, start, expected in (("magic", 257, b"ustar\x00"), ("version", 263, b"00")):
+        if block[start:start + len(expected)] != expected:
+            raise HeaderFieldError(f"not a POSIX ustar header at byte {offset} "
+                                   f"({what} {block[start:start + len(expected)]!r})",
+                                   offset=offset, field=what)
+    if any(block[500:512]):
+        raise HeaderFieldError(f"non-zero bytes in the header padding at byte {offset}",
+                               offset=offset, field="pad")
+    for what in ("mode", "uid", "gid", "mtime", "devmajor", "devminor"):
+        _octal(block, what, offset)
+    for what in ("uname", "gname"):
+        _text(block, what, offset)
+    typeflag = block[156:157]
+    if typeflag in _UNSUPPORTED:
+        raise UnsupportedHeaderError(f"unsupported header type {typeflag!r} "
+                                     f"({_UNSUPPORTED[typeflag]}) at byte {offset}",
+                                     offset=offset, typeflag=typeflag.decode("latin-1"))
+    name = _text(block, "name", offset)
+    prefix = _text(block, "prefix", offset)
+    if prefix:
+        name = f"{prefix}/{name}"
+    linkname = _text(block, "linkname", offset)
+    if typeflag == REGULAR and linkname:
+        raise AmbiguousHeaderError(f"regular file {name!r} carries a link name {linkname!r}",
+                                   offset=offset, path=name, linkname=linkname)
+    return Header(name=name, size=_octal(block, "size", offset), typeflag=typeflag,
+                  linkname=linkname, offset=offset)
+
+
+def parse_pax(raw: bytes, offset: int) -> dict[str, str]:
+    """Parse pax extended header records exactly: every record `<len> <key>=<value>\\n` whose
+    decimal length (ASCII, no sign, no leading zero) counts the whole record; keys appear once
+    and are only `path` and `size`; `size` is ASCII decimal without leading zeros."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(raw):
+        space = raw.find(b" ", pos, pos + 9)
+        if space < 0 or not _PAX_LENGTH.fullmatch(raw[pos:space]):
+            raise PaxRecordError(f"pax record at byte {pos} of the header at {offset} does not "
+                                 "start with an ASCII decimal length and a space",
+                                 offset=offset, record_offset=pos)
+        length = int(raw[pos:space])
+        end = pos + length
+        if end > len(raw) or raw[end - 1:end] != b"\n" or end <= space + 1:
+            raise PaxRecordError(f"pax record at byte {pos} of the header at {offset}: length "
+                                 f"{length} does not end at its newline", offset=offset,
+                                 record_offset=pos, length=length)
+        key_raw, eq, value_raw = raw[space + 1:end - 1].partition(b"=")
+        if not eq or not _PAX_KEY.fullmatch(key_raw):
+            raise PaxRecordError(f"pax record at byte {pos} of the header at {offset} has no "
+                                 "key=value", offset=offset, record_offset=pos)
+        key = key_raw.decode("ascii")
+        if key not in PAX_KEYS:
+            raise UnsupportedHeaderError(f"pax header has a key a bundle never uses: {key!r}",
+                                         offset=offset, key=key)
+        if key in records:
+            raise AmbiguousHeaderError(f"pax header repeats the key {key!r}", offset=offset,
+                                       key=key)
+        try:
+            value = value_raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PaxRecordError(f"pax {key} value is not UTF-8", offset=offset,
+                                 key=key) from exc
+        if key == "size" and not _DECIMAL.fullmatch(value):
+            raise PaxRecordError(f"pax size {value!r} is not ASCII decimal digits",
+                                 offset=offset, key=key, value=value)
+        records[key] = value
+        pos = end
+    return records
 
 
 class TarReader:
-    """Iterate headers with `next()`; consume each member's data with `read_data()`."""
+    """Iterate headers with `next()`; consume each member's data with `read_data()`.
 
-    def __init__(self, f: io.RawIOBase | io.BufferedIOBase, chunk: int = CHUNK) -> None:
+    `limit` (the file's size when it was opened) bounds every read: the reader never reads
+    more, so a file that grows while it is read cannot make it read without end.
+    """
+
+    def __init__(self, f: io.RawIOBase | io.BufferedIOBase, chunk: int = CHUNK,
+                 limit: int | None = None) -> None:
         self.f = f
         self.pos = 0
+        self.limit = limit
         self._buf = bytearray(chunk)
         self._view = memoryview(self._buf)
         self._block = bytearray(BLOCK)
-        self._pending: Header | None = None
 
     def _fill(self, view: memoryview) -> int:
-        """Read until `view` is full or EOF; return bytes read."""
+        """Read until `view` is full, EOF or the limit; return bytes read."""
         got = 0
         total = len(view)
+        if self.limit is not None:
+            total = max(0, min(total, self.limit - self.pos))
         while got < total:
-            n = self.f.readinto(view[got:])
+            n = self.f.readinto(view[got:total])
             if not n:
                 break
             got += n
@@ -109,74 +225,41 @@ class TarReader:
 
     def next(self) -> Header | None:
         """The next member header, or None after a valid end-of-archive marker (and only zeros)."""
-        pax: dict[str, str] = {}
+        pax: dict[str, str] | None = None
+        pax_offset = 0
         while True:
             start = self.pos
             block = self._read_block("a header (no end-of-archive marker)")
             if block == _ZERO_BLOCK:
-                if pax:
-                    raise ArchiveFormatError("pax header not followed by a member", offset=start)
+                if pax is not None:
+                    raise AmbiguousHeaderError("pax header not followed by a member",
+                                               offset=pax_offset)
                 self._read_block("the end-of-archive marker")
                 if self._block != _ZERO_BLOCK:
                     raise ArchiveFormatError("single zero block inside the archive", offset=start)
                 self._check_trailing()
                 return None
-            header = self._parse(bytes(block), start)
-            if header.typeflag == b"x":
-                pax = self._read_pax(header)
+            header = parse_header(bytes(block), start)
+            if header.typeflag == PAX:
+                if pax is not None:
+                    raise AmbiguousHeaderError("two pax headers in a row", offset=start)
+                if header.size > MAX_PAX:
+                    raise PaxRecordError(f"pax header of {header.size} bytes is too large",
+                                         offset=start, size=header.size)
+                pax = parse_pax(self.read_bytes(header.size), start)
+                pax_offset = start
                 continue
-            if header.typeflag in (b"g", b"L", b"K"):
-                raise ArchiveFormatError(f"unsupported header type {header.typeflag!r} "
-                                         "(global pax or GNU long name)", offset=start)
             if pax:
                 name = pax.get("path", header.name)
-                size = int(pax["size"]) if "size" in pax else header.size
+                size = header.size
+                if "size" in pax:
+                    size = int(pax["size"])
+                    if header.size not in (0, size):
+                        raise AmbiguousHeaderError(
+                            f"pax size {size} contradicts the ustar size {header.size} of "
+                            f"{name!r}", offset=start, pax_size=size, ustar_size=header.size)
                 header = Header(name, size, header.typeflag, header.linkname, start)
             return header
-
-    def _parse(self, block: bytes, offset: int) -> Header:
-        stored = _octal(block[148:156], "chksum", offset)
-        actual = sum(block[:148]) + 8 * 32 + sum(block[156:])
-        if stored != actual:
-            raise ArchiveFormatError(f"header checksum mismatch at byte {offset}",
-                                     offset=offset, expected=stored, actual=actual)
-        if block[257:265] != b"ustar\x0000":
-            raise ArchiveFormatError(f"not a POSIX ustar header at byte {offset} "
-                                     f"(magic {block[257:265]!r})", offset=offset)
-        name = _text(block[0:100], "name", offset)
-        prefix = _text(block[345:500], "prefix", offset)
-        if prefix:
-            name = f"{prefix}/{name}"
-        return Header(name=name, size=_octal(block[124:136], "size", offset),
-                      typeflag=block[156:157], linkname=_text(block[157:257], "linkname", offset),
-                      offset=offset)
-
-    def _read_pax(self, header: Header) -> dict[str, str]:
-        if header.size > MAX_PAX:
-            raise ArchiveFormatError(f"pax header of {header.size} bytes is too large",
-                                     offset=header.offset)
-        raw = self.read_bytes(header.size)
-        records: dict[str, str] = {}
-        pos = 0
-        try:
-            while pos < len(raw):
-                space = raw.index(b" ", pos)
-                length = int(raw[pos:space])
-                record = raw[space + 1:pos + length]
-                if length <= 0 or not record.endswith(b"\n"):
-                    raise ValueError("bad record length")
-                key, _, value = record[:-1].decode("utf-8").partition("=")
-                records[key] = value
-                pos += length
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ArchiveFormatError(f"malformed pax header: {exc}", offset=header.offset) from exc
-        unknown = set(records) - PAX_KEYS
-        if unknown:
-            raise ArchiveFormatError(f"pax header has keys a bundle never uses: {sorted(unknown)}",
-                                     offset=header.offset, keys=sorted(unknown))
-        if "size" in records and not records["size"].isdigit():
-            raise ArchiveFormatError("pax size is not a number", offset=header.offset)
-        return records
 
     def read_data(self, size: int, consume: Callable[[memoryview], object]) -> None:
         """Feed `size` bytes of member data to `consume` in chunks, then check zero padding."""

@@ -5,6 +5,7 @@ They import only the verifier's dependencies (click, cryptography, rfc8785; sigs
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -13,7 +14,14 @@ from typing import Any, NoReturn
 
 import click
 
-from sealfuse.verifier.errors import EXIT_CODES, VerificationError, exit_code_help
+from sealfuse.verifier.errors import (
+    EXIT_CODES,
+    TrustDuplicateKeyError,
+    TrustFileError,
+    VerificationError,
+    exit_code_help,
+)
+from sealfuse.verifier.inputs import MAX_KEY_BYTES, MAX_TRUST_BYTES, loads_strict, read_regular
 from sealfuse.verifier.keys import (
     KeyFormatError,
     keyid_of,
@@ -39,7 +47,7 @@ _EXIT_EPILOG = "\b\nExit codes:\n" + exit_code_help()
 
 def _fail(exc: VerificationError, as_json: bool) -> NoReturn:
     if as_json:
-        click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2, sort_keys=True))
+        click.echo(json.dumps(exc.to_dict(), indent=2, sort_keys=True))
     else:
         click.echo(f"REJECTED {type(exc).__name__}: {exc.message}", err=True)
         for key, value in sorted(exc.evidence.items()):
@@ -47,10 +55,18 @@ def _fail(exc: VerificationError, as_json: bool) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def read_small(path: Path, what: str, limit: int = MAX_KEY_BYTES) -> bytes:
+    """A small input file (key, passphrase, root): regular files only, at most `limit` bytes."""
+    try:
+        return read_regular(path, what, limit)
+    except VerificationError as exc:
+        _fail(exc, False)
+
+
 def read_passphrase(key_path: Path, passphrase_file: Path | None) -> bytes | None:
     """The key's passphrase: from a file, or prompted when the key is encrypted."""
     if passphrase_file is not None:
-        return passphrase_file.read_bytes().rstrip(b"\r\n")
+        return read_small(passphrase_file, "passphrase file").rstrip(b"\r\n")
     if private_key_encrypted(key_path):
         return click.prompt(f"Passphrase for {key_path}", hide_input=True).encode()
     return None
@@ -75,21 +91,27 @@ def load_signing_key(key_path: Path, passphrase_file: Path | None) -> Any:
 @click.option("--allow-downgrade", is_flag=True,
               help="Accept a version at or below --floor-version (reported as downgrade).")
 @click.option("--now", default=None, metavar="ISO",
-              help="Time for the expiry check, ISO 8601. Default: the system clock.")
+              help="Time for the expiry and clock checks, ISO 8601. Default: the system clock.")
+@click.option("--clock-skew", type=click.IntRange(min=0), default=300, show_default=True,
+              metavar="SECONDS",
+              help="How far the bundle's `created` may be ahead of the clock before it is "
+                   "refused (CreatedInFutureError).")
 def verify(bundle: Path, trust_path: Path, as_json: bool, floor_version: str | None,
-           allow_downgrade: bool, now: str | None) -> None:
+           allow_downgrade: bool, now: str | None, clock_skew: int) -> None:
     """Verify BUNDLE offline: signatures (k of n trusted Ed25519 keys, SSHSIG, optional
     sigstore) over manifest.json, then every payload byte, in one streaming pass.
 
     Rejects unlisted, missing, duplicate, linked or non-regular members, unsafe paths, size or
-    sha256 mismatches, trailing data, truncation, expiry and rollback. Nothing is written.
+    sha256 mismatches, trailing data, truncation, expiry, rollback and a `created` time ahead
+    of the clock. Nothing is written; the bundle and the trust file must be regular files.
     """
     from sealfuse.verifier.verify import verify_bundle
 
     try:
         trust = load_trust(trust_path)
         result = verify_bundle(bundle, trust, floor_version=floor_version,
-                               allow_downgrade=allow_downgrade, now=now)
+                               allow_downgrade=allow_downgrade, now=now,
+                               clock_skew=dt.timedelta(seconds=clock_skew))
     except VerificationError as exc:
         _fail(exc, as_json)
     except ValueError as exc:  # e.g. an unparseable --now
@@ -132,7 +154,7 @@ def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_jso
 
     passphrase: bytes | None = None
     if passphrase_file is not None:
-        passphrase = passphrase_file.read_bytes().rstrip(b"\r\n")
+        passphrase = read_small(passphrase_file, "passphrase file").rstrip(b"\r\n")
     elif ask:
         passphrase = click.prompt("Passphrase", hide_input=True,
                                   confirmation_prompt=True).encode()
@@ -167,10 +189,10 @@ def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_jso
 
 # -- trust -----------------------------------------------------------------------------------------
 def _trusted_key_from_file(path: Path) -> TrustedKey:
-    text = path.read_text()
     try:
+        text = read_small(path, "public key file").decode("ascii")
         key = load_public_text(text)
-    except KeyFormatError as exc:
+    except (KeyFormatError, UnicodeDecodeError) as exc:
         raise click.BadParameter(f"{path}: {exc}", param_hint="--key") from exc
     parts = text.split()
     name = parts[2] if text.startswith("ssh-ed25519 ") and len(parts) > 2 else ""
@@ -212,8 +234,15 @@ def trust_create(out: Path, keys: tuple[Path, ...], threshold: int, product: str
         if not (sigstore_identity and sigstore_issuer and sigstore_root):
             raise click.UsageError("--sigstore-identity, --sigstore-issuer and --sigstore-root "
                                    "go together")
-        policy = SigstorePolicy(sigstore_identity, sigstore_issuer,
-                                json.loads(sigstore_root.read_text()), not sigstore_optional)
+        try:
+            root = loads_strict(read_small(sigstore_root, "sigstore trusted_root",
+                                           MAX_TRUST_BYTES),
+                                duplicate=TrustDuplicateKeyError, invalid=TrustFileError,
+                                what=f"sigstore trusted_root {sigstore_root}",
+                                path=str(sigstore_root))
+        except VerificationError as exc:
+            _fail(exc, False)
+        policy = SigstorePolicy(sigstore_identity, sigstore_issuer, root, not sigstore_optional)
     if out.exists():
         raise click.ClickException(f"{out} exists; refusing to overwrite a trust file")
     try:
@@ -258,7 +287,7 @@ def trust_accept(current: Path, new: tuple[Path, ...], replace: bool) -> None:
     except VerificationError as exc:
         _fail(exc, False)
     if replace:
-        write_atomic(current, new[-1].read_bytes())
+        write_atomic(current, read_small(new[-1], "trust file", MAX_TRUST_BYTES))
     click.echo(f"accepted: trust version {last.version}, {last.threshold} of {len(last.keys)} keys"
                + (f"; {current} replaced" if replace else ""))
 

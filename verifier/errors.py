@@ -1,17 +1,36 @@
 """Every way a bundle or trust file can be rejected, as one exception hierarchy (python-tuf style).
 
-Each class carries its evidence as attributes (digests, key ids, paths) and a documented exit code.
+Each class carries a stable `reason`, its evidence and an exit code; `EXIT_CODES` (the table that
+`sealfuse verify --help` prints) is generated from the classes below.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, ClassVar
+
+
+def _snake(name: str) -> str:
+    base = name[:-len("Error")] if name.endswith("Error") else name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
 
 
 class VerificationError(Exception):
-    """Base of every rejection by the sealfuse verifier."""
+    """Base of every rejection by the sealfuse verifier.
 
-    exit_code: int = 1
+    `reason` is a stable snake_case id (by default the class name without `Error`), `evidence`
+    the facts behind the rejection, `exit_code` the documented exit status of `sealfuse verify`.
+    """
+
+    exit_code: ClassVar[int] = 1
+    reason: ClassVar[str] = "verification"
+    classes: ClassVar[list[type[VerificationError]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "reason" not in cls.__dict__:
+            cls.reason = _snake(cls.__name__)
+        VerificationError.classes.append(cls)
 
     def __init__(self, message: str, **evidence: Any) -> None:
         super().__init__(message)
@@ -19,12 +38,14 @@ class VerificationError(Exception):
         self.evidence: dict[str, Any] = evidence
 
     def to_dict(self) -> dict[str, Any]:
-        """The error as JSON-ready data: class name, exit code, message and evidence."""
+        """The error as JSON-ready data (the `--json` document of a refusal)."""
         return {
+            "ok": False,
             "error": type(self).__name__,
-            "exit_code": self.exit_code,
+            "reason": self.reason,
             "message": self.message,
             "evidence": {k: _jsonable(v) for k, v in self.evidence.items()},
+            "exit_code": self.exit_code,
         }
 
 
@@ -37,6 +58,26 @@ def _jsonable(value: Any) -> Any:
         items = [_jsonable(v) for v in value]
         return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
     return str(value)
+
+
+# -- inputs ------------------------------------------------------------------------------------
+class BundleReadError(VerificationError):
+    """The bundle or a file it needs cannot be read (I/O error, missing file)."""
+
+    exit_code = 2
+
+
+class NotARegularFileError(BundleReadError):
+    """An input (bundle, trust file, key, root) is a FIFO, device, directory or socket: it is
+    refused before a single byte is read, so it can never block or stream without end."""
+
+    exit_code = 2
+
+
+class InputTooLargeError(BundleReadError):
+    """A trust file, key or other small input is larger than its documented limit."""
+
+    exit_code = 2
 
 
 # -- trust --------------------------------------------------------------------------------------
@@ -58,6 +99,12 @@ class RotationError(TrustError):
     exit_code = 11
 
 
+class TrustDuplicateKeyError(TrustFileError):
+    """A trust file (or its sigstore trusted_root) repeats a key in one JSON object."""
+
+    exit_code = 12
+
+
 # -- archive structure ---------------------------------------------------------------------------
 class ArchiveError(VerificationError):
     """The tar archive is malformed or contains something a bundle never contains."""
@@ -67,6 +114,39 @@ class ArchiveError(VerificationError):
 
 class ArchiveFormatError(ArchiveError):
     """A header is corrupt (checksum, magic, numbers), padding is not zero, or a pax key is unknown."""
+
+    exit_code = 20
+
+
+class HeaderChecksumError(ArchiveFormatError):
+    """A header's checksum field is not the unsigned sum of its bytes."""
+
+    exit_code = 20
+
+
+class HeaderFieldError(ArchiveFormatError):
+    """A ustar header field breaks the POSIX grammar (non-octal or non-ASCII digits, missing
+    terminator, junk after the terminator, non-ASCII text, bad magic, non-zero padding)."""
+
+    exit_code = 20
+
+
+class PaxRecordError(ArchiveFormatError):
+    """A pax extended header breaks the grammar `<decimal length> <key>=<value>\\n` exactly."""
+
+    exit_code = 20
+
+
+class AmbiguousHeaderError(ArchiveFormatError):
+    """Two readers could read different archives: a repeated pax key, a pax size that contradicts
+    the ustar size, a pax header not followed by a member, a link name on a regular file."""
+
+    exit_code = 20
+
+
+class UnsupportedHeaderError(ArchiveFormatError):
+    """A header type sealfuse never writes: global pax, GNU long names, sparse or volume headers,
+    GNU base-256 numbers."""
 
     exit_code = 20
 
@@ -90,7 +170,7 @@ class LinkMemberError(NotRegularFileError):
 
 
 class UnsafePathError(ArchiveError):
-    """A member path is absolute, contains `..`, empty components or NUL."""
+    """A member path is absolute, contains `..`, empty components, NUL or control characters."""
 
     exit_code = 24
 
@@ -138,6 +218,12 @@ class ProductMismatchError(ManifestError):
     exit_code = 31
 
 
+class ManifestDuplicateKeyError(ManifestError):
+    """The signed manifest repeats a key in one JSON object."""
+
+    exit_code = 32
+
+
 class ExpiredManifestError(VerificationError):
     """The manifest's `expires` time has passed."""
 
@@ -148,6 +234,13 @@ class BadVersionNumberError(VerificationError):
     """The bundle version is not above the installed floor (rollback) and no downgrade was allowed."""
 
     exit_code = 41
+
+
+class CreatedInFutureError(VerificationError):
+    """The manifest's `created` time is later than the clock plus the allowed skew: the clock
+    was set back (which would revive an expired bundle) or the bundle is forged."""
+
+    exit_code = 42
 
 
 # -- signatures ----------------------------------------------------------------------------------
@@ -173,6 +266,12 @@ class SigstoreVerificationError(SignatureError):
     """The sigstore bundle over the manifest fails offline verification or the identity policy."""
 
     exit_code = 53
+
+
+class SigstoreDuplicateKeyError(SigstoreVerificationError):
+    """The sigstore bundle repeats a key in one JSON object."""
+
+    exit_code = 54
 
 
 # -- content -------------------------------------------------------------------------------------
@@ -201,45 +300,40 @@ class ExtractError(VerificationError):
     exit_code = 70
 
 
-class BundleReadError(VerificationError):
-    """The bundle or a file it needs cannot be read (I/O error, missing file)."""
-
-    exit_code = 2
-
-
-# Exit codes of `sealfuse verify` (and the library's error classes), in one table.
 EXIT_OK = 0
-EXIT_CODES: dict[int, str] = {
+_FIXED: dict[int, str] = {
     0: "verified",
     1: "internal error (a bug: please report)",
-    2: "usage error, or the bundle/trust file cannot be read (BundleReadError)",
-    10: "TrustFileError: trust file invalid",
-    11: "RotationError: new trust file not signed by the current threshold",
-    20: "ArchiveFormatError: corrupt tar header, non-zero padding, unknown pax key",
-    21: "ArchiveLayoutError: manifest.json not first or signatures/ out of place",
-    22: "NotRegularFileError: directory, device, FIFO member",
-    23: "LinkMemberError: symlink or hardlink member",
-    24: "UnsafePathError: absolute or '..' path",
-    25: "DuplicateMemberError: a path occurs twice",
-    26: "UnexpectedMemberError: member not listed in the manifest",
-    27: "MissingMemberError: manifest member absent from the archive",
-    28: "TrailingDataError: data after the end-of-archive marker",
-    29: "TruncatedArchiveError: archive ends early",
-    30: "ManifestError: manifest not canonical JSON or invalid",
-    31: "ProductMismatchError: manifest product differs from the trust file",
-    40: "ExpiredManifestError: manifest expired",
-    41: "BadVersionNumberError: version not above the floor (rollback)",
-    50: "SignatureError: signatures do not establish trust",
-    51: "MalformedSignatureError: unparseable signature file",
-    52: "UnsignedManifestError: fewer valid trusted signatures than the threshold",
-    53: "SigstoreVerificationError: sigstore bundle or identity policy failed",
-    60: "LengthOrHashMismatchError: content differs from the manifest",
-    61: "LengthMismatchError: size differs from the manifest",
-    62: "HashMismatchError: sha256 differs from the manifest",
-    70: "ExtractError: destination exists or bundle changed during extraction",
+    2: "usage error, or an input cannot be read or is not a regular file",
 }
 
 
-def exit_code_help() -> str:
-    """The exit code table as text for --help."""
-    return "\n".join(f"{code:>3}  {text}" for code, text in sorted(EXIT_CODES.items()))
+def _table() -> dict[int, str]:
+    by_code: dict[int, list[type[VerificationError]]] = {}
+    for cls in VerificationError.classes:
+        by_code.setdefault(cls.exit_code, []).append(cls)
+    table = dict(_FIXED)
+    for code, classes in sorted(by_code.items()):
+        if code in _FIXED:
+            table[code] += " (" + ", ".join(c.__name__ for c in classes) + ")"
+            continue
+        # The deepest class on the one inheritance line through the code describes it; the
+        # others that share the code are named after it.
+        line = [c for c in classes
+                if all(issubclass(c, d) or issubclass(d, c) for d in classes)]
+        main = max(line, key=lambda c: len(c.__mro__)) if line else classes[0]
+        others = [c.__name__ for c in classes if c is not main]
+        doc = (main.__doc__ or "").strip().split("\n\n")[0]
+        first = " ".join(doc.split()).split(": ")[0].rstrip(".")
+        table[code] = f"{main.__name__}: {first}" + (f" (also {', '.join(others)})"
+                                                     if others else "")
+    return table
+
+
+# Exit codes of `sealfuse verify` (and the library's error classes), in one table.
+EXIT_CODES: dict[int, str] = _table()
+
+
+def exit_code_help(table: dict[int, str] | None = None) -> str:
+    """An exit code table as text for a --help epilog."""
+    return "\n".join(f"{code:>3}  {text}" for code, text in sorted((table or EXIT_CODES).items()))

@@ -85,9 +85,20 @@ def load_public_text(text: str) -> Ed25519PublicKey:
     return key
 
 
+def _read_key(path: Path) -> bytes:
+    """A key file's bytes: a regular file of at most MAX_KEY_BYTES (KeyFormatError otherwise)."""
+    from sealfuse.verifier.errors import VerificationError
+    from sealfuse.verifier.inputs import MAX_KEY_BYTES, read_regular
+
+    try:
+        return read_regular(path, "key file", MAX_KEY_BYTES)
+    except VerificationError as exc:
+        raise KeyFormatError(exc.message) from exc
+
+
 def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
     """Load an OpenSSH or PEM (PKCS#8) Ed25519 private key, decrypting with `passphrase`."""
-    data = Path(path).read_bytes()
+    data = _read_key(path)
     try:
         if b"OPENSSH PRIVATE KEY" in data:
             key = serialization.load_ssh_private_key(data, passphrase)
@@ -102,7 +113,7 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
 
 def private_key_encrypted(path: Path) -> bool:
     """True when the key file needs a passphrase."""
-    data = Path(path).read_bytes()
+    data = _read_key(path)
     try:
         if b"OPENSSH PRIVATE KEY" in data:
             serialization.load_ssh_private_key(data, None)

@@ -14,7 +14,8 @@ from typing import Any
 
 import rfc8785
 
-from sealfuse.verifier.errors import ManifestError
+from sealfuse.verifier.errors import ManifestDuplicateKeyError, ManifestError
+from sealfuse.verifier.inputs import loads_strict
 
 MANIFEST_TYPE = "sealfuse-manifest"
 SPEC_VERSION = 1
@@ -23,8 +24,11 @@ SIGNATURES_DIR = "signatures/"
 PAYLOAD_DIR = "payload/"
 SIGSTORE_NAME = "signatures/manifest.sigstore.json"
 KINDS = frozenset({"wheel", "model", "unit", "hardening", "image", "sbom", "config", "lock"})
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_VERSION = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# Always used with fullmatch: `$` would also match before a trailing newline.
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"(0|[1-9][0-9]{0,8})(\.(0|[1-9][0-9]{0,8}))*")
+_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_MANIFEST_BYTES = 16 << 20
 
 
@@ -41,7 +45,7 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
-        if not isinstance(text, str) or not _VERSION.match(text):
+        if not isinstance(text, str) or not _VERSION.fullmatch(text):
             raise ValueError(f"version must be dotted integers like 1.2.3, got {text!r}")
         parts = [int(p) for p in text.split(".")]
         while len(parts) > 1 and parts[-1] == 0:
@@ -68,8 +72,8 @@ def check_member_path(path: str) -> str | None:
     """None when `path` is a safe relative POSIX path, else the reason."""
     if not path:
         return "empty path"
-    if "\x00" in path or "\\" in path:
-        return "NUL or backslash in path"
+    if _CONTROL.search(path) or "\\" in path:
+        return "NUL, control character or backslash in path"
     if path.startswith("/"):
         return "absolute path"
     parts = path.split("/")
@@ -175,13 +179,8 @@ class Manifest:
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
         """Parse and validate canonical manifest bytes (call only after signatures verified)."""
-        import json
-
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ManifestError(f"manifest.json is not JSON: {exc}",
-                            sha256=hashlib.sha256(raw).hexdigest()) from exc
+        data = loads_strict(raw, duplicate=ManifestDuplicateKeyError, invalid=ManifestError,
+                            what="manifest.json", sha256=hashlib.sha256(raw).hexdigest())
         try:
             canon = canonical(data)
             if canon != raw:
@@ -215,9 +214,20 @@ def _need(data: Mapping[str, Any], key: str, kind: type) -> Any:
 
 
 def _sha(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not _HEX64.match(value):
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
         raise ManifestError(f"{where}: sha256 must be 64 lowercase hex digits", field=where)
     return value
+
+
+def _time(data: Mapping[str, Any], key: str) -> dt.datetime:
+    text = _need(data, key, str)
+    if not _TIME.fullmatch(text):
+        raise ManifestError(f"manifest field {key!r} must be UTC like 2026-01-01T00:00:00Z, "
+                            f"got {text!r}", field=key)
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise ManifestError(f"manifest field {key!r}: {exc}", field=key) from exc
 
 
 _KNOWN_FIELDS = {"_type", "spec_version", "product", "version", "created", "expires",
@@ -239,8 +249,11 @@ def _parse_manifest(data: Any) -> Manifest:
         Version.parse(version)
     except ValueError as exc:
         raise ManifestError(str(exc), field="version") from exc
-    created = parse_time(_need(data, "created", str))
-    expires = parse_time(_need(data, "expires", str))
+    created = _time(data, "created")
+    expires = _time(data, "expires")
+    if expires <= created:
+        raise ManifestError(f"manifest expires ({format_time(expires)}) before it was created "
+                            f"({format_time(created)})", field="expires")
     pdata = _need(data, "platform", dict)
     platform = Platform(python=_need(pdata, "python", str), arch=_need(pdata, "arch", str),
                         tag=str(pdata.get("tag", "")))

@@ -16,7 +16,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from sealfuse.verifier.errors import BundleReadError, RotationError, TrustFileError
+from sealfuse.verifier.errors import (
+    BundleReadError,
+    RotationError,
+    TrustDuplicateKeyError,
+    TrustFileError,
+)
+from sealfuse.verifier.inputs import MAX_TRUST_BYTES, loads_strict, read_regular
 from sealfuse.verifier.keys import (
     KeyFormatError,
     keyid_of,
@@ -141,14 +147,9 @@ def load_trust(path: str | os.PathLike[str]) -> Trust:
     """Load and validate a trust file (the pinned one is trusted as is; its signatures matter
     only when it is offered as a rotation of another trust file)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise BundleReadError(f"cannot read trust file {p}: {exc}", path=str(p)) from exc
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise TrustFileError(f"trust file {p} is not JSON: {exc}", path=str(p)) from exc
+    raw = read_regular(p, "trust file", MAX_TRUST_BYTES)
+    data = loads_strict(raw, duplicate=TrustDuplicateKeyError, invalid=TrustFileError,
+                        what=f"trust file {p}", path=str(p))
     return parse_trust(data, base_dir=p.parent)
 
 
@@ -211,11 +212,15 @@ def _parse_sigstore(data: Mapping[str, Any], base_dir: Path | None) -> SigstoreP
         root_path = Path(root)
         if not root_path.is_absolute() and base_dir is not None:
             root_path = base_dir / root_path
+        # A path named inside the trust file: never followed through a symlink.
         try:
-            root = json.loads(root_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise TrustFileError(f"cannot read sigstore trusted_root {root_path}: {exc}",
+            raw = read_regular(root_path, "sigstore trusted_root", MAX_TRUST_BYTES,
+                               follow=False)
+        except BundleReadError as exc:
+            raise TrustFileError(f"cannot use sigstore trusted_root {root_path}: {exc}",
                                  path=str(root_path)) from exc
+        root = loads_strict(raw, duplicate=TrustDuplicateKeyError, invalid=TrustFileError,
+                            what=f"sigstore trusted_root {root_path}", path=str(root_path))
     if not isinstance(root, dict):
         raise TrustFileError("sigstore trusted_root must be a path or an inline JSON object")
     return SigstorePolicy(identity, issuer, root, bool(data.get("required", True)))

@@ -21,6 +21,7 @@ from sealfuse.verifier.errors import (
     ArchiveLayoutError,
     BadVersionNumberError,
     BundleReadError,
+    CreatedInFutureError,
     DuplicateMemberError,
     ExpiredManifestError,
     ExtractError,
@@ -32,11 +33,13 @@ from sealfuse.verifier.errors import (
     MissingMemberError,
     NotRegularFileError,
     ProductMismatchError,
+    SigstoreDuplicateKeyError,
     SigstoreVerificationError,
     UnexpectedMemberError,
     UnsafePathError,
     UnsignedManifestError,
 )
+from sealfuse.verifier.inputs import loads_strict, open_regular
 from sealfuse.verifier.keys import keyid_of, short_keyid, verify_raw
 from sealfuse.verifier.model import (
     MANIFEST_NAME,
@@ -58,8 +61,12 @@ from sealfuse.verifier.trust import Trust
 
 MAX_SIGNATURE_BYTES = 1 << 20
 MAX_SIGNATURE_FILES = 256
-RAW_SIG = re.compile(r"^signatures/([0-9a-f]{64})\.sig$")
-SSH_SIG = re.compile(r"^signatures/[A-Za-z0-9._-]+\.sshsig$")
+# Member names are matched whole (fullmatch): `$` would also match before a trailing newline.
+RAW_SIG = re.compile(r"signatures/([0-9a-f]{64})\.sig")
+SSH_SIG = re.compile(r"signatures/[A-Za-z0-9._-]+\.sshsig")
+# How far the manifest's `created` may be ahead of the clock (build host and appliance clocks
+# differ a little); beyond it the bundle is refused with CreatedInFutureError.
+DEFAULT_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ def _check_header(h: Header) -> None:
     reason = check_member_path(name)
     if reason:
         raise UnsafePathError(f"member {h.name!r} has an unsafe path: {reason}", path=h.name,
-                              reason=reason)
+                              problem=reason)
     if h.is_link:
         raise LinkMemberError(f"member {h.name!r} is a {h.type_name} to {h.linkname!r}",
                               path=h.name, type=h.type_name, linkname=h.linkname)
@@ -182,7 +189,7 @@ def check_signatures(manifest_bytes: bytes, files: Mapping[str, bytes], trust: T
     for name, data in sorted(files.items()):
         if name == SIGSTORE_NAME:
             continue
-        if m := RAW_SIG.match(name):
+        if m := RAW_SIG.fullmatch(name):
             keyid = m.group(1)
             key = trust.keys.get(keyid)
             if key is None:
@@ -191,7 +198,7 @@ def check_signatures(manifest_bytes: bytes, files: Mapping[str, bytes], trust: T
                 valid.add(keyid)
             else:
                 invalid.add(keyid)
-        elif SSH_SIG.match(name):
+        elif SSH_SIG.fullmatch(name):
             try:
                 sig = parse_sshsig(data)
             except SshSigFormatError as exc:
@@ -232,6 +239,9 @@ def check_signatures(manifest_bytes: bytes, files: Mapping[str, bytes], trust: T
         else:
             from sealfuse.verifier.sigstore_check import verify_sigstore
 
+            loads_strict(bundle_json, duplicate=SigstoreDuplicateKeyError,
+                         invalid=SigstoreVerificationError, what=SIGSTORE_NAME,
+                         path=SIGSTORE_NAME)
             verify_sigstore(manifest_bytes, bundle_json, identity=trust.sigstore.identity,
                             issuer=trust.sigstore.issuer, trusted_root=trust.sigstore.trusted_root)
             sigstore_state = "verified"
@@ -241,12 +251,20 @@ def check_signatures(manifest_bytes: bytes, files: Mapping[str, bytes], trust: T
 
 
 def check_policy(manifest: Manifest, trust: Trust, *, floor_version: str | None,
-                 allow_downgrade: bool, now: dt.datetime) -> bool:
-    """Product, expiry and rollback checks; returns True when a downgrade was allowed."""
+                 allow_downgrade: bool, now: dt.datetime,
+                 clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW) -> bool:
+    """Product, clock, expiry and rollback checks; returns True when a downgrade was allowed."""
     if manifest.product != trust.product:
         raise ProductMismatchError(
             f"bundle is for product {manifest.product!r}, the trust file for {trust.product!r}",
             expected=trust.product, actual=manifest.product)
+    if manifest.created > now + clock_skew:
+        raise CreatedInFutureError(
+            f"bundle was created at {manifest.created.isoformat()}, later than the clock "
+            f"({now.isoformat()}) plus the allowed skew of {int(clock_skew.total_seconds())} s: "
+            "the clock is behind or the bundle is not what it claims",
+            created=manifest.created.isoformat(), now=now.isoformat(),
+            skew_seconds=int(clock_skew.total_seconds()))
     if now >= manifest.expires:
         raise ExpiredManifestError(
             f"manifest expired at {manifest.expires.isoformat()} (now {now.isoformat()})",
@@ -301,16 +319,14 @@ class BundleContents:
 
 def _scan(bundle_path: Path, trust: Trust | None, *, floor_version: str | None,
           allow_downgrade: bool, now: dt.datetime | str | None,
+          clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW,
           sink: Sink | None = None) -> VerifiedBundle | BundleContents:
     """The single streaming pass. With trust=None signatures and policy are skipped."""
     when = _as_time(now)
+    fd, st = open_regular(bundle_path, "bundle")
+    f = os.fdopen(fd, "rb", buffering=0)
     try:
-        f = open(bundle_path, "rb", buffering=0)  # noqa: SIM115 - closed in finally
-    except OSError as exc:
-        raise BundleReadError(f"cannot open bundle {bundle_path}: {exc}",
-                              path=str(bundle_path)) from exc
-    try:
-        reader = TarReader(f)
+        reader = TarReader(f, limit=st.st_size)
         h = reader.next()
         if h is None:
             raise ArchiveLayoutError("archive is empty; manifest.json must be its first member")
@@ -347,7 +363,8 @@ def _scan(bundle_path: Path, trust: Trust | None, *, floor_version: str | None,
         manifest = Manifest.from_bytes(manifest_bytes)
         if trust is not None:
             downgrade = check_policy(manifest, trust, floor_version=floor_version,
-                                     allow_downgrade=allow_downgrade, now=when)
+                                     allow_downgrade=allow_downgrade, now=when,
+                                     clock_skew=clock_skew)
 
         expected = {m.path: m for m in manifest.members}
         done: set[str] = set()
@@ -405,15 +422,17 @@ def _scan(bundle_path: Path, trust: Trust | None, *, floor_version: str | None,
 
 def verify_bundle(bundle_path: str | os.PathLike[str], trust: Trust, *,
                   floor_version: str | None = None, allow_downgrade: bool = False,
-                  now: dt.datetime | str | None = None) -> VerifiedBundle:
+                  now: dt.datetime | str | None = None,
+                  clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW) -> VerifiedBundle:
     """Verify a bundle in one streaming pass; raise a VerificationError subclass on any problem.
 
     `floor_version`: the installed version; the bundle must be strictly above it unless
     `allow_downgrade` (then VerifiedBundle.downgrade is True and the caller should audit it).
     `now`: the time for the expiry check (datetime or ISO 8601 string; default: the clock).
+    `clock_skew`: how far `created` may be ahead of `now` (default 5 minutes).
     """
     result = _scan(Path(bundle_path), trust, floor_version=floor_version,
-                   allow_downgrade=allow_downgrade, now=now)
+                   allow_downgrade=allow_downgrade, now=now, clock_skew=clock_skew)
     assert isinstance(result, VerifiedBundle)
     return result
 
@@ -428,8 +447,8 @@ def read_bundle(bundle_path: str | os.PathLike[str]) -> BundleContents:
 
 def extract_bundle(bundle_path: str | os.PathLike[str], trust: Trust,
                    dest_dir: str | os.PathLike[str], *, floor_version: str | None = None,
-                   allow_downgrade: bool = False,
-                   now: dt.datetime | str | None = None) -> VerifiedBundle:
+                   allow_downgrade: bool = False, now: dt.datetime | str | None = None,
+                   clock_skew: dt.timedelta = DEFAULT_CLOCK_SKEW) -> VerifiedBundle:
     """Verify fully, then extract payload/ into `dest_dir` (must not exist; created 0700),
     re-verifying every byte as it is written. On any error `dest_dir` is removed entirely.
 
@@ -439,7 +458,7 @@ def extract_bundle(bundle_path: str | os.PathLike[str], trust: Trust,
     if dest.exists() or dest.is_symlink():
         raise ExtractError(f"destination {dest} already exists", path=str(dest))
     first = verify_bundle(bundle_path, trust, floor_version=floor_version,
-                          allow_downgrade=allow_downgrade, now=now)
+                          allow_downgrade=allow_downgrade, now=now, clock_skew=clock_skew)
     try:
         os.mkdir(dest, 0o700)
     except OSError as exc:
@@ -459,7 +478,8 @@ def extract_bundle(bundle_path: str | os.PathLike[str], trust: Trust,
 
     try:
         second = _scan(Path(bundle_path), trust, floor_version=floor_version,
-                       allow_downgrade=allow_downgrade, now=now, sink=sink)
+                       allow_downgrade=allow_downgrade, now=now, clock_skew=clock_skew,
+                       sink=sink)
         assert isinstance(second, VerifiedBundle)
         if second.manifest_bytes != first.manifest_bytes:
             raise ExtractError("bundle changed between verification and extraction",
