@@ -58,7 +58,11 @@ def main() -> None:
         t1 = cv2.imread(str(img_dir / "t1.jpg"))
         frame = cv2.resize(t1, (1280, 720))
         face = max(pipe.detect(frame), key=lambda f: f.size)
-        inswapper = pipe.models.swapper()._swapper  # insightface's INSwapper with the stand-in session
+        from insightface.model_zoo.inswapper import INSwapper
+
+        registry = pipe.registry  # insightface's INSwapper on the stand-in session, for its paste-back
+        inswapper = INSwapper(model_file=str(registry.resolve("inswapper_128").path),
+                              session=registry.session("inswapper_128"))
         crop, m = inswapper.get(frame, face, pipe.source_face, paste_back=False)
 
         def ours() -> None:

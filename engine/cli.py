@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from sealfuse.engine.errors import EXIT_CODES, EngineError
+from sealfuse.engine.errors import EXIT_INTERRUPTED, EngineError, exit_code_help
 from sealfuse.engine.options import (
     EXECUTION_PROVIDERS,
     FRAME_PROCESSORS,
@@ -26,9 +26,10 @@ from sealfuse.engine.options import (
     default_models_dir,
 )
 from sealfuse.engine.registry import CATALOG
+from sealfuse.engine.swappers import swapper_names
 
 D = SwapOptions()
-EXIT_HELP = "\n".join(f"  {code:>3}  {text}" for code, text in EXIT_CODES.items())
+EXIT_HELP = "\b\n" + exit_code_help()
 
 
 def _csv(choices: tuple[str, ...]) -> Any:
@@ -57,7 +58,7 @@ def _padding(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
     return vals[0], vals[1], vals[2], vals[3]
 
 
-SWAPPERS = ["auto", "classic"] + sorted(n for n, s in CATALOG.items() if s.family == "inswapper")
+SWAPPERS = ["auto", "classic"] + [n for n in swapper_names() if n != "classic"]
 ENHANCERS = sorted(n for n, s in CATALOG.items() if s.family == "gfpgan")
 DETECTORS = ["auto", "blazeface", "mtcnn"] + sorted(n for n, s in CATALOG.items() if s.family == "scrfd")
 RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
@@ -172,13 +173,13 @@ def swap(source: Path | None, target: Path | None, output: Path | None, as_json:
                            provenance=Provenance(pconfig), job_id=job_id)
     except EngineError as exc:
         if as_json:
-            click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2))
+            click.echo(json.dumps(exc.to_dict(), indent=2))
         click.echo(f"error: {exc.message}", err=True)
-        sys.exit(exc.code)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         cancel.set()
         click.echo("interrupted: no output written", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     for w in report.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
     if as_json:

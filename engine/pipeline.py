@@ -27,18 +27,12 @@ from sealfuse.engine.errors import (
     NoFaceInSourceError,
 )
 from sealfuse.engine.face import Face
-from sealfuse.engine.families import (
-    ArcFaceFamily,
-    ClassicSwapper,
-    GFPGANFamily,
-    InswapperFamily,
-    MTCNNFamily,
-    SCRFDFamily,
-)
+from sealfuse.engine.families import ArcFaceFamily, GFPGANFamily, MTCNNFamily, SCRFDFamily
 from sealfuse.engine.imageio import read_image
 from sealfuse.engine.options import FRAME_PROCESSORS, MASK_TYPES, SELECTOR_MODES, SwapOptions
 from sealfuse.engine.providers import resolve_providers
 from sealfuse.engine.registry import CATALOG, ModelRegistry
+from sealfuse.engine.swappers import Source, Swapper, array_key, family_of
 from sealfuse.engine.warp import paste_back
 
 Touched = tuple[tuple[int, int, int, int], np.ndarray]
@@ -113,14 +107,15 @@ class Models:
         self.swapper_name = o.face_swapper_model
         if self.swapper_name == "auto":
             self.swapper_name = "inswapper_128" if registry.present("inswapper_128") else "classic"
-        if self.swapper_name != "classic":
-            self._family(self.swapper_name, "inswapper", "--face-swapper-model")
-        need_recognizer = self.swapper_name != "classic" or o.face_selector_mode == "reference"
+        self.swapper_family = family_of(self.swapper_name)
+        needs_embedding = self.swapper_family.needs_embedding
+        need_recognizer = needs_embedding or o.face_selector_mode == "reference"
         self.recognizer_name = o.face_recognizer_model if need_recognizer else None
         if self.recognizer_name:
             self._family(self.recognizer_name, "arcface", "--face-recognizer-model")
             if not registry.present(self.recognizer_name):
-                why = ("the inswapper family" if self.swapper_name != "classic" else "--face-selector-mode reference")
+                why = (f"the {self.swapper_family.family} family" if needs_embedding
+                       else "--face-selector-mode reference")
                 spec = CATALOG[self.recognizer_name]
                 raise ModelMissingError(
                     f"{why} needs a face recognizer: model {self.recognizer_name} ({spec.file}) is missing "
@@ -135,6 +130,22 @@ class Models:
         # Source and reference faces by file digest: a warm worker that serves many jobs with one
         # preset's face detects (and embeds) that face once.
         self._faces: OrderedDict[tuple[str, str], tuple[np.ndarray, Face, list[str]]] = OrderedDict()
+        # Prepared identities by source key: each source's per-swapper work is done once.
+        self._identities: OrderedDict[str, Any] = OrderedDict()
+
+    def identity(self, source: Source) -> Any:
+        """The swapper's prepared identity for `source`, computed once per source key."""
+        with self._lock:
+            hit = self._identities.get(source.key)
+            if hit is not None:
+                self._identities.move_to_end(source.key)
+                return hit
+        value = self.swapper().prepare(source)
+        with self._lock:
+            self._identities[source.key] = value
+            while len(self._identities) > FACE_CACHE_SIZE:
+                self._identities.popitem(last=False)
+        return value
 
     def cached_face(self, path: Path, role: str) -> tuple[np.ndarray, Face, list[str]] | None:
         with self._lock:
@@ -186,11 +197,8 @@ class Models:
         r, n = self.registry, self.recognizer_name
         return self._get("rec", lambda: ArcFaceFamily(r.resolve(n).path, r.session(n)))
 
-    def swapper(self) -> InswapperFamily | None:
-        if self.swapper_name == "classic":
-            return None
-        r, n = self.registry, self.swapper_name
-        return self._get("swap", lambda: InswapperFamily(r.resolve(n).path, r.session(n)))
+    def swapper(self) -> Swapper:
+        return self._get("swap", lambda: self.swapper_family.load(self.swapper_name, self.registry))
 
     def enhancer(self) -> GFPGANFamily | None:
         if not self.enhancer_name:
@@ -248,7 +256,10 @@ class Pipeline:
         self._parser = self.models.parser()
         self.warnings: list[str] = list(self.registry.providers.warnings) + list(self.registry.warnings)
         src_img, self.source_face = self._face_of(source, "source")
-        self._classic = ClassicSwapper(src_img, self.source_face) if self._swapper is None else None
+        key = array_key(source) if isinstance(source, np.ndarray) else _digest(Path(source))
+        self.source = Source((src_img,), (self.source_face,), key)
+        with self.timer.stage("prepare"):
+            self._identity = self.models.identity(self.source)
         self.reference_face: Face | None = None
         if options.face_selector_mode == "reference":
             assert options.reference_face_image is not None
@@ -349,19 +360,15 @@ class Pipeline:
         for face in faces:
             if "face_swapper" in o.frame_processors:
                 with self.timer.stage("swap"):
-                    if self._swapper is not None:
-                        crop, m = self._swapper.swap(out, face, self.source_face)
-                    else:
-                        assert self._classic is not None
-                        crop, m = self._classic.swap(out, face)
+                    result = self._swapper.swap(out, face, self._identity)
                 with self.timer.stage("mask"):
-                    mask = self._mask(crop)
-                    if self._classic is not None:
-                        mask = mask * self._classic.feather()
+                    mask = self._mask(result.crop)
+                    if result.mask is not None:
+                        mask = mask * result.mask
                     if o.blend_ratio != 1.0:
                         mask = mask * o.blend_ratio
                 with self.timer.stage("paste"):
-                    keep(paste_back(out, crop, mask, m))
+                    keep(paste_back(out, result.crop, mask, result.matrix))
             if self._enhancer is not None:
                 with self.timer.stage("enhance"):
                     crop, m = self._enhancer.enhance(out, face)

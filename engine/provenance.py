@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealfuse.engine.errors import EngineError
+from sealfuse.engine.errors import EXIT_PROVENANCE, EngineError
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 ASSERTION_LABEL = "org.sealfuse.swap"
@@ -44,7 +44,7 @@ SHAPING_OPTIONS = ("frame_processors", "face_swapper_model", "face_enhancer_mode
 class ProvenanceError(EngineError):
     """The output must carry content credentials and cannot (exit 9)."""
 
-    code = 9
+    exit_code = EXIT_PROVENANCE
     reason = "provenance_error"
 
 

