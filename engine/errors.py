@@ -34,10 +34,14 @@ class EngineError(Exception):
         self.message = message
         self.evidence: dict[str, Any] = {k: _jsonable(v) for k, v in evidence.items()}
 
-    @property
-    def code(self) -> int:
-        """The exit code under its older name (kept for callers written before `exit_code`)."""
-        return self.exit_code
+    # The exit code under its older name, kept equal to `exit_code` for callers that still read it.
+    code: int = EXIT_INTERNAL
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "code" in cls.__dict__ and "exit_code" not in cls.__dict__:
+            cls.exit_code = cls.code  # a subclass written with the older name
+        cls.code = cls.exit_code
 
     def to_dict(self) -> dict[str, Any]:
         """The error as JSON-ready data for `--json` output and the watch daemon's `error.json`."""

@@ -64,3 +64,11 @@ def test_the_cli_json_error_is_to_dict(hanks_png, tmp_path, empty_models):
     assert res.exit_code == doc["exit_code"] == 3
     assert set(doc) == {"ok", "error", "reason", "message", "evidence", "exit_code"}
     assert doc["reason"] == "empty_file" and not (tmp_path / "o.jpg").exists()
+
+
+def test_the_older_code_name_stays_equal_to_exit_code_on_classes_and_instances():
+    class Legacy(EngineError):
+        code = 9
+
+    assert Legacy.exit_code == Legacy.code == 9 and Legacy("x").to_dict()["exit_code"] == 9
+    assert errors.ModelMissingError.code == errors.ModelMissingError("x").code == 5
