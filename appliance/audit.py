@@ -2,7 +2,8 @@
 
 Each line is one canonical JSON object with `seq`, `time`, `event`, `prev` (sha256 of the previous
 line's bytes, genesis = 64 zeros) and `hash` (sha256 of the entry without `hash`). Lines hold
-digests and ids, never media. Appends take an exclusive lock, use one O_APPEND write and fsync.
+digests and ids, never media. Appends take an exclusive lock, use one O_APPEND write and fsync,
+and never follow a link or write to anything but a plain file owned by us or the directory's owner.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sealfuse.appliance.errors import (
     AuditError,
     epilog,
 )
+from sealfuse.appliance.fsutil import open_dir, open_file_at
 
 __all__ = ["GENESIS", "AuditError", "AuditLog", "VerifyResult", "verify_log"]
 
@@ -77,19 +79,26 @@ class AuditLog:
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one event; returns the entry written. Fields must not hold media."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+        # The log's directory belongs to the service user, and root (the installer) appends
+        # too: walk to it by fd, follow no link there, and write only to a plain file of ours.
+        dir_fd = open_dir(self.path.parent, create_mode=0o777)
+        try:
+            owner = os.fstat(dir_fd)
+            fd = open_file_at(dir_fd, self.path.name, os.O_RDWR | os.O_APPEND | os.O_CREAT,
+                              LOG_MODE, owners=frozenset({os.geteuid(), owner.st_uid}),
+                              where=str(self.path.parent))
+        finally:
+            os.close(dir_fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
+            if size == 0 and st.st_uid != owner.st_uid and os.geteuid() == 0:
+                os.fchown(fd, owner.st_uid, owner.st_gid)  # made by root: the service's file
             if self._cache is not None and self._cache[0] == size:
                 _, prev, seq = self._cache
             else:
-                rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    tail = _read_tail(rfd, size)
-                finally:
-                    os.close(rfd)
+                tail = _read_tail(fd, size)
                 if tail:
                     try:
                         seq = int(json.loads(tail)["seq"])

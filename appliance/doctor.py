@@ -10,11 +10,14 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sealfuse.appliance.errors import UnsafePathError
+from sealfuse.appliance.fsutil import open_dir, open_file_at
 from sealfuse.appliance.release import InstallRecord, Layout, Systemd, systemd_for
 
 MAX_EXPOSURE = 1.0
@@ -31,32 +34,47 @@ def _release_info(layout: Layout, version: str | None) -> dict[str, Any]:
         return {}
 
 
+def _real_dir(path: Path) -> bool:
+    """A directory itself, not a symlink to one (the spool is the service user's)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def queue_counts(spool: Path) -> dict[str, int]:
     """Entries waiting in inbox/ (recursively, skipping dotfiles and *.partial), and the
-    number of jobs in work/, outbox/ and failed/."""
+    number of jobs in work/, outbox/ and failed/. No symlink in the spool is followed."""
     counts: dict[str, int] = {}
     inbox = spool / "inbox"
     n = 0
-    if inbox.is_dir():
+    if _real_dir(inbox):
         for _dirpath, dirnames, filenames in os.walk(inbox):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             n += sum(1 for f in filenames if not f.startswith(".") and not f.endswith(".partial"))
     counts["inbox"] = n
     for name in ("work", "outbox", "failed"):
         d = spool / name
-        counts[name] = sum(1 for p in d.iterdir() if not p.name.startswith(".")) if d.is_dir() else 0
+        counts[name] = sum(1 for p in d.iterdir() if not p.name.startswith(".")) \
+            if _real_dir(d) else 0
     return counts
 
 
 def last_job(audit_log: Path, tail_bytes: int = 256 << 10) -> dict[str, Any] | None:
-    """The most recent `done` or `failed` entry of the audit log."""
+    """The most recent `done` or `failed` entry of the audit log (read without following a link
+    or blocking on a FIFO the service user may have put in its place)."""
     try:
-        with open(audit_log, "rb") as f:
+        dir_fd = open_dir(audit_log.parent)
+        try:
+            fd = open_file_at(dir_fd, audit_log.name, os.O_RDONLY, where=str(audit_log.parent))
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - tail_bytes))
             lines = f.read().splitlines()
-    except OSError:
+    except (OSError, UnsafePathError):
         return None
     for raw in reversed(lines):
         try:

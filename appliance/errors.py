@@ -142,6 +142,14 @@ class AuditError(ApplianceError):
     reason = "audit_log_unusable"
 
 
+class UnsafePathError(ApplianceError):
+    """A path root would use is a symlink, hardlink, FIFO or foreign-owned where another user can
+    write; nothing was followed or changed there."""
+
+    exit_code = 92
+    reason = "unsafe_path"
+
+
 # -- exit-code tables ---------------------------------------------------------------------------
 def _line(cls: type[ApplianceError]) -> str:
     return f"{cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}"
@@ -166,20 +174,21 @@ INSTALL_EXIT_CODES = exit_table(
     "installed and running (READY), or installed without starting (--no-start, --root)",
     StateError, LockBusyError, RolledBackError, ServiceDownError, NotInstalledError,
     TrustRequiredError, ReleaseRunningError, PlatformMismatchError, InsufficientSpaceError,
-    VenvError, SystemdError, AuditError, extra={**_USAGE, **_VERIFIER})
+    VenvError, SystemdError, AuditError, UnsafePathError, extra={**_USAGE, **_VERIFIER})
 ROLLBACK_EXIT_CODES = exit_table(
     "rolled back and running (READY), or switched without starting (--root)",
     StateError, LockBusyError, RolledBackError, ServiceDownError, NothingToRollBackError,
-    NotInstalledError, SystemdError, AuditError, extra={EXIT_USAGE: "usage error"})
+    NotInstalledError, SystemdError, AuditError, UnsafePathError,
+    extra={EXIT_USAGE: "usage error"})
 UNINSTALL_EXIT_CODES = exit_table(
     "removed", StateError, LockBusyError, NotInstalledError, SystemdError, AuditError,
-    extra={EXIT_USAGE: "usage error"})
+    UnsafePathError, extra={EXIT_USAGE: "usage error"})
 STATUS_EXIT_CODES = exit_table(
     "installed and the unit active (or no systemd manages --root)", StateError,
-    NotInstalledError, extra={EXIT_UNHEALTHY: "installed, but the unit is not active",
-                              EXIT_USAGE: "usage error"})
+    NotInstalledError, UnsafePathError,
+    extra={EXIT_UNHEALTHY: "installed, but the unit is not active", EXIT_USAGE: "usage error"})
 DOCTOR_EXIT_CODES = exit_table(
-    "every check passed", StateError, NotInstalledError,
+    "every check passed", StateError, NotInstalledError, UnsafePathError,
     extra={EXIT_UNHEALTHY: "a check failed (each check says why)", EXIT_USAGE: "usage error"})
 AUDIT_VERIFY_EXIT_CODES = {
     EXIT_OK: "the chain is intact",

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import stat
 from pathlib import Path
 from typing import Any
+
+from sealfuse.appliance.errors import UnsafePathError
 
 CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 
@@ -99,3 +102,175 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+# -- paths under directories another user can write (root must never follow links there) -----
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def trusted_dir(st: os.stat_result) -> bool:
+    """Only root or this process's user can change the directory (owner, no group/other write)."""
+    return st.st_uid in (0, os.geteuid()) and not st.st_mode & 0o022
+
+
+def open_dir(path: Path, *, create_mode: int | None = None, require_trusted: bool = False) -> int:
+    """An O_DIRECTORY fd for `path`, walked from / one component at a time (openat).
+
+    A symlink is followed only where it sits in a trusted directory (see `trusted_dir`); below a
+    directory that another user can write, a symlink or a non-directory is an UnsafePathError.
+    `create_mode` makes missing components (mkdirat, which never follows a link);
+    `require_trusted` refuses a final directory that is not trusted.
+    """
+    path = Path(os.path.abspath(path))
+    fd = os.open("/", _DIR_FLAGS)
+    trusted = True
+    try:
+        for i, part in enumerate(path.parts[1:], start=2):
+            flags = _DIR_FLAGS | (0 if trusted else os.O_NOFOLLOW)
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if create_mode is None:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, create_mode, dir_fd=fd)
+                nfd = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if not trusted and exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UnsafePathError(f"{Path(*path.parts[:i])} is a symlink or not a directory, in "
+                                  f"a directory another user can write; not followed",
+                                  path=str(Path(*path.parts[:i]))) from exc
+                raise
+            os.close(fd)
+            fd = nfd
+            trusted = trusted_dir(os.fstat(fd))
+        if require_trusted and not trusted:
+            st = os.fstat(fd)
+            raise UnsafePathError(f"{path} is owned by uid {st.st_uid} or writable by others "
+                          f"(mode {stat.S_IMODE(st.st_mode):o}); expected root's own directory",
+                          path=str(path), uid=st.st_uid, mode=f"{stat.S_IMODE(st.st_mode):o}")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_file_at(dir_fd: int, name: str, flags: int, mode: int = 0o600, *,
+                 owners: frozenset[int] | None = None, where: str = "") -> int:
+    """Open `name` in `dir_fd` without following a symlink or blocking on a FIFO, and refuse
+    anything but a regular file with one link (a hardlink could be any file) owned by `owners`."""
+    label = f"{where}/{name}" if where else name
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode,
+                     dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR):
+            raise UnsafePathError(f"{label} is a symlink or not a regular file; not followed",
+                          path=label, errno=errno.errorcode.get(exc.errno)) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"{label} is not a regular file", path=label,
+                          mode=f"{st.st_mode:o}")
+        if st.st_nlink != 1:
+            raise UnsafePathError(f"{label} has {st.st_nlink} hard links; refused", path=label,
+                          nlink=st.st_nlink)
+        if owners is not None and st.st_uid not in owners:
+            raise UnsafePathError(f"{label} is owned by uid {st.st_uid}, not by {sorted(owners)}",
+                          path=label, uid=st.st_uid)
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_atomic_at(dir_fd: int, name: str, data: bytes, mode: int = 0o640) -> None:
+    """write_atomic relative to a directory fd: nothing is followed, the rename replaces `name`."""
+    tmp = f".{name}.tmp{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode,
+                 dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    os.fsync(dir_fd)
+
+
+def remove_tree_at(dir_fd: int, name: str) -> None:
+    """Remove `name` (a file, link or whole tree) below `dir_fd` by file descriptor: a symlink
+    is removed, never followed; read-only directories are made writable through their fd only.
+    Iterative, so a deep tree planted by another user cannot exhaust the stack."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    stack: list[tuple[int, list[str]]] = []
+    try:
+        _push_dir(stack, os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd))
+        while stack:
+            fd, names = stack[-1]
+            if not names:
+                stack.pop()
+                if stack:  # remove the now-empty directory from its parent
+                    os.rmdir(_child_name(stack), dir_fd=stack[-1][0])
+                os.close(fd)
+                continue
+            child = names[-1]
+            cst = os.stat(child, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(cst.st_mode):
+                cfd = os.open(child, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+                _push_dir(stack, cfd)
+            else:
+                os.unlink(child, dir_fd=fd)
+                names.pop()
+    except BaseException as exc:
+        for fd, _ in stack:
+            os.close(fd)
+        if isinstance(exc, OSError) and exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePathError(f"an entry below {name} turned into a symlink while it was removed; "
+                          "not followed", path=name) from exc
+        raise
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _push_dir(stack: list[tuple[int, list[str]]], fd: int) -> None:
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o700 != 0o700:
+            os.fchmod(fd, 0o700)
+        names = sorted(os.listdir(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    stack.append((fd, names))
+
+
+def _child_name(stack: list[tuple[int, list[str]]]) -> str:
+    """Pop and return the name, in its parent, of the directory just finished."""
+    return stack[-1][1].pop()
+
+
+def remove_tree(path: Path) -> None:
+    """remove_tree_at for a path; the walk to its parent follows no link another user planted."""
+    path = Path(os.path.abspath(path))
+    try:
+        parent = open_dir(path.parent)
+    except FileNotFoundError:
+        return
+    try:
+        remove_tree_at(parent, path.name)
+    finally:
+        os.close(parent)

@@ -7,7 +7,6 @@ Nothing is written before the bundle verifies. Exit codes: errors.py, docs/opera
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,13 @@ from sealfuse.appliance.release import (
     Systemd,
     audit_event,
     locked,
+    own_dir,
     remove_tree,
     systemd_for,
     write_atomic,
 )
 from sealfuse.appliance.staging import check_platform, check_space, stage_release
-from sealfuse.appliance.units import activate, service_files
+from sealfuse.appliance.units import activate, check_service_paths, service_files
 from sealfuse.verifier import (
     Trust,
     VerificationError,
@@ -136,8 +136,8 @@ def _return_to(layout: Layout, record: InstallRecord, systemd: Systemd, failed: 
     record.log(f"{action}_rolled_back", version=failed, restored=previous, reason=why,
                restored_ok=back.ok)
     record.save(layout)
-    audit_event(layout, f"{action}_rolled_back", version=failed, restored=previous, reason=why,
-           restored_ok=back.ok)
+    audit_event(layout, f"{action}_rolled_back", version=failed, restored=previous,
+                reason=why, restored_ok=back.ok)
     if back.ok is False:
         return ServiceDownError(f"release {failed} did not come up ({why}); returned to "
                                 f"{previous}, which did not come up either ({back.detail})",
@@ -162,21 +162,22 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
                            allow_downgrade=opts.allow_downgrade, now=opts.now)
     except VerificationError as exc:
         audit_event(layout, "install_refused", bundle=bundle.name, error=type(exc).__name__,
-               exit_code=exc.exit_code, message=exc.message, installed=floor)
+                    exit_code=exc.exit_code, message=exc.message, installed=floor)
         raise
     if vb.version == record.current:
         raise ReleaseRunningError(f"version {vb.version} is the running release",
                                   version=vb.version)
     check_platform(vb, opts.python)
     check_space(layout, bundle)
+    if record.current is not None:  # before anything is written; the new release's list later
+        check_service_paths(layout, record.current)
 
     with locked(layout):
         if InstallRecord.load(layout).current != floor:
             raise StateError("the installed release changed while this bundle was verified; "
                              "run the install again", expected=floor)
-        layout.releases.mkdir(parents=True, exist_ok=True)
-        os.chmod(layout.opt, 0o755)
-        os.chmod(layout.releases, 0o755)
+        own_dir(layout.opt)
+        own_dir(layout.releases)
         # Staged at its final path: venv scripts and pyvenv.cfg carry absolute paths. A
         # release is complete once release.json exists (written last); until `current` points
         # at it, nothing runs it.
@@ -185,13 +186,14 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
         try:
             vb = stage_release(bundle, trust, final, python=opts.python,
                                allow_downgrade=opts.allow_downgrade, now=opts.now, floor=floor)
+            check_service_paths(layout, vb.version)
         except BaseException as exc:
             remove_tree(final)
             if isinstance(exc, (ApplianceError, VerificationError)):
                 record.log("install_failed", version=vb.version, error=type(exc).__name__)
                 record.save(layout)
-                audit_event(layout, "install_failed", version=vb.version, error=type(exc).__name__,
-                       message=str(exc)[:500])
+                audit_event(layout, "install_failed", version=vb.version,
+                            error=type(exc).__name__, message=str(exc)[:500])
             raise
         if pin is not None:
             write_atomic(layout.trust, pin, 0o644)
@@ -201,12 +203,13 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
         record.log("install", version=vb.version, previous=previous, downgrade=vb.downgrade,
                    manifest_sha256=vb.manifest_sha256, signers=list(vb.signer_names))
         record.save(layout)
-        audit_event(layout, "install", version=vb.version, previous=previous, downgrade=vb.downgrade,
-               bundle=bundle.name, manifest_sha256=vb.manifest_sha256,
-               signers=list(vb.signers), trust=trust_how)
+        audit_event(layout, "install", version=vb.version, previous=previous,
+                    downgrade=vb.downgrade, bundle=bundle.name,
+                    manifest_sha256=vb.manifest_sha256, signers=list(vb.signers), trust=trust_how)
         if trust_how != "pinned":
-            audit_event(layout, f"trust_{trust_how.replace('-', '_')}", trust_version=trust.version,
-                   keys=sorted(trust.keys), threshold=trust.threshold)
+            audit_event(layout, f"trust_{trust_how.replace('-', '_')}",
+                        trust_version=trust.version, keys=sorted(trust.keys),
+                        threshold=trust.threshold)
 
         started: StartResult = StartResult(None, "not started (--no-start)")
         if opts.start:
@@ -257,6 +260,7 @@ def rollback(layout: Layout | None = None, systemd: Systemd | None = None, *,
             raise NothingToRollBackError(
                 f"no earlier release to roll back to (current {current}; kept: {kept})",
                 current=current, requested=to, kept=kept)
+        check_service_paths(layout, target)
         activate(layout, target, systemd, opts.gpu)
         record.activate(target)
         record.log("rollback", version=target, previous=current)

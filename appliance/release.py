@@ -9,7 +9,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 from sealfuse.appliance import fsutil
 from sealfuse.appliance.audit import AuditLog
-from sealfuse.appliance.errors import LockBusyError, StateError, SystemdError
+from sealfuse.appliance.errors import LockBusyError, StateError, SystemdError, UnsafePathError
 
 UNIT = "sealfuse-watch.service"
 SYSUSERS_CONF = "sealfuse.conf"
@@ -124,22 +123,46 @@ def now_iso() -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomic, durable write (see fsutil.write_atomic), creating the parent directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fsutil.write_atomic(path, data, mode)
+    """Atomic, durable write into root's own directory (made when missing); a directory another
+    user can write, or a link planted in one on the way, is an UnsafePathError."""
+    fd = fsutil.open_dir(path.parent, create_mode=0o755, require_trusted=True)
+    try:
+        fsutil.write_atomic_at(fd, path.name, data, mode)
+    finally:
+        os.close(fd)
+
+
+def own_dir(path: Path, mode: int = 0o755) -> None:
+    """Make `path` (and missing parents) a directory of root's with `mode`, by file descriptor;
+    one that another user owns is an UnsafePathError."""
+    fd = fsutil.open_dir(path, create_mode=mode)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid not in (0, os.geteuid()):
+            raise UnsafePathError(f"{path} is owned by uid {st.st_uid}; expected root's own "
+                                  "directory", path=str(path), uid=st.st_uid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def switch_symlink(link: Path, target: str) -> None:
     """Point `link` at `target` atomically: a symlink under a temp name, then rename over."""
-    tmp = link.with_name(f".{link.name}.new{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
-    fsutil.fsync_dir(link.parent)
+    fd = fsutil.open_dir(link.parent, require_trusted=True)
+    try:
+        tmp = f".{link.name}.new{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=fd)
+        os.symlink(target, tmp, dir_fd=fd)
+        os.replace(tmp, link.name, src_dir_fd=fd, dst_dir_fd=fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def audit_event(layout: Layout, event: str, **fields: Any) -> None:
-    """Append to the audit log when its directory exists (never create it before verification)."""
+    """Append to the audit log when its directory exists (never create it before verification).
+    The log lives in the service user's directory: AuditLog follows no link there."""
     if not layout.audit_log.parent.is_dir():
         return
     AuditLog(layout.audit_log).append(event, **fields)
@@ -148,8 +171,12 @@ def audit_event(layout: Layout, event: str, **fields: Any) -> None:
 @contextlib.contextmanager
 def locked(layout: Layout) -> Iterator[None]:
     """One installer at a time (flock on /var/lib/sealfuse/releases.lock)."""
-    layout.var.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    dir_fd = fsutil.open_dir(layout.var, create_mode=0o755, require_trusted=True)
+    try:
+        fd = fsutil.open_file_at(dir_fd, layout.lock.name, os.O_RDWR | os.O_CREAT, 0o600,
+                                 owners=frozenset({0, os.geteuid()}), where=str(layout.var))
+    finally:
+        os.close(dir_fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -324,13 +351,6 @@ def systemd_for(layout: Layout) -> Systemd:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a release tree even though its files and directories are read-only."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-    for dirpath, _dirnames, _ in os.walk(path):
-        with contextlib.suppress(OSError):
-            os.chmod(dirpath, 0o700)
-    shutil.rmtree(path)
+    """Remove a file, link or tree (read-only ones too) by file descriptor, following no link:
+    a link planted below the spool is removed, never what it points at."""
+    fsutil.remove_tree(path)

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from sealfuse.appliance import fsutil
 from sealfuse.appliance.errors import InsufficientSpaceError, PlatformMismatchError, VenvError
 from sealfuse.appliance.release import Layout, now_iso, write_atomic
 from sealfuse.engine.registry import write_lock
@@ -100,10 +101,18 @@ def stage_release(bundle: Path, trust: Trust, staging: Path, *, python: str,
     # manifest, so each session is created only from a file matching its signed sha256.
     write_lock(models, [{"name": m.name, "file": Path(m.file).name, "sha256": m.sha256,
                          "size": m.size, "licence": m.licence} for m in vb.models])
-    for entry in models.iterdir():
-        os.chown(entry, 0, 0)
-        os.chmod(entry, 0o444)
-    os.chmod(models, 0o555)
+    models_fd = fsutil.open_dir(models, require_trusted=True)
+    try:
+        for name in os.listdir(models_fd):
+            fd = fsutil.open_file_at(models_fd, name, os.O_RDONLY, where=str(models))
+            try:
+                os.fchown(fd, 0, 0)
+                os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+        os.fchmod(models_fd, 0o555)
+    finally:
+        os.close(models_fd)
     write_atomic(staging / "manifest.json", vb.manifest_bytes, 0o444)
     info = {**{k: v for k, v in vb.to_json().items() if k not in ("members", "ok")},
             "installed": now_iso(), "bundle_file": bundle.name}

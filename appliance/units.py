@@ -4,11 +4,14 @@ and the switch that makes a release current.
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
-from sealfuse.appliance.errors import StateError, SystemdError
+from sealfuse.appliance import fsutil
+from sealfuse.appliance.errors import StateError, SystemdError, UnsafePathError
 from sealfuse.appliance.release import UNIT, Layout, Systemd, switch_symlink, write_atomic
 
 
@@ -71,3 +74,75 @@ def activate(layout: Layout, version: str, systemd: Systemd, gpu: bool | None) -
     systemd.sysusers()
     systemd.tmpfiles()
     systemd.enable()
+
+
+def _tmpfiles_entries(conf: Path) -> list[tuple[str, str, str]]:
+    """(type, path, user) of each `d`/`f` line of a tmpfiles.d file."""
+    out = []
+    for line in conf.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] in ("d", "f"):
+            out.append((fields[0], fields[1], fields[3] if len(fields) > 3 else "-"))
+    return out
+
+
+def _uids(layout: Layout) -> dict[str, int]:
+    """User name -> uid from the root's /etc/passwd."""
+    out = {"root": 0}
+    try:
+        lines = (layout.root / "etc" / "passwd").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2].isascii() and fields[2].isdigit():
+            out.setdefault(fields[0], int(fields[2]))
+    return out
+
+
+def check_service_paths(layout: Layout, version: str) -> None:
+    """Before systemd-tmpfiles (as root) touches the service's directories, refuse any that the
+    service user turned into a symlink, a hardlink, a FIFO or another type, or that a stranger
+    owns (not root, the line's user or the directory's owner): UnsafePathError, with nothing switched. Missing paths are fine (tmpfiles makes them)."""
+    conf = layout.release(version) / "payload" / "systemd" / "tmpfiles.d" / "sealfuse.conf"
+    if not conf.is_file():
+        return
+    uids = _uids(layout)
+    for kind, rel, user in _tmpfiles_entries(conf):
+        path = layout.root / rel.lstrip("/")
+        try:
+            dir_fd = fsutil.open_dir(path.parent)
+        except FileNotFoundError:
+            continue
+        try:
+            parent = os.fstat(dir_fd)
+            try:
+                st = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            want = stat.S_ISDIR if kind == "d" else stat.S_ISREG
+            if not want(st.st_mode):
+                raise UnsafePathError(
+                    f"{path} is a {_kind(st.st_mode)}, expected a "
+                    f"{'directory' if kind == 'd' else 'regular file'}; remove it and install again",
+                    path=str(path), found=_kind(st.st_mode))
+            if kind == "f" and st.st_nlink != 1:
+                raise UnsafePathError(f"{path} has {st.st_nlink} hard links; refused",
+                                      path=str(path), nlink=st.st_nlink)
+            owners = {0, parent.st_uid} | ({uids[user]} if user in uids else set())
+            if st.st_uid not in owners:
+                raise UnsafePathError(f"{path} is owned by uid {st.st_uid}, neither root, "
+                                      f"{user} nor the owner of its directory",
+                                      path=str(path), uid=st.st_uid)
+        finally:
+            os.close(dir_fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISREG, "regular file"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"

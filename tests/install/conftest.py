@@ -26,6 +26,21 @@ def need(tool: str) -> str:
     return path
 
 
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty system tree for `install --root`, with a copy of this host's user database."""
+    need("systemd-sysusers")
+    need("systemd-tmpfiles")
+    r = tmp_path / "root"
+    for d in ("etc/systemd/system/multi-user.target.wants", "etc/sysusers.d", "etc/tmpfiles.d",
+              "etc/apparmor.d", "var/lib", "opt", "run", "dev"):
+        (r / d).mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        if Path(f"/etc/{name}").exists():
+            shutil.copy(f"/etc/{name}", r / "etc" / name)
+    return r
+
+
 @pytest.fixture(scope="session")
 def sealfuse_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheelhouse holding only the sealfuse wheel (no deps: fast venvs for --root tests)."""

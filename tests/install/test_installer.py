@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -34,23 +33,9 @@ from sealfuse.engine.registry import read_lock
 from sealfuse.verifier.errors import BadVersionNumberError, HashMismatchError, RotationError
 from sealfuse.verifier.trust import load_trust
 
-from .conftest import UNIT, FakeSystemd, need, write_trust
+from .conftest import UNIT, FakeSystemd, write_trust
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    need("systemd-sysusers")
-    need("systemd-tmpfiles")
-    r = tmp_path / "root"
-    for d in ("etc/systemd/system/multi-user.target.wants", "etc/sysusers.d", "etc/tmpfiles.d",
-              "etc/apparmor.d", "var/lib", "opt", "run", "dev"):
-        (r / d).mkdir(parents=True)
-    for name in ("passwd", "group", "shadow", "gshadow"):
-        if Path(f"/etc/{name}").exists():
-            shutil.copy(f"/etc/{name}", r / "etc" / name)
-    return r
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
