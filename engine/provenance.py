@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import os
 import time
 import uuid
@@ -26,6 +27,7 @@ SIGNABLE: dict[str, str] = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png":
                             ".webp": "image/webp", ".mp4": "video/mp4", ".mov": "video/quicktime"}
 DEFAULT_DIR = Path("/etc/sealfuse/provenance")
 KEY_FILE, CHAIN_FILE = "signing.key", "chain.pem"
+IN_MEMORY_BYTES = 64 << 20
 # Reading back never leaves the machine: no OCSP, no remote manifests.
 OFFLINE_SETTINGS: dict[str, Any] = {"verify": {"ocsp_fetch": False, "remote_manifest_fetch": False}}
 SIGN_SETTINGS: dict[str, Any] = {
@@ -222,11 +224,17 @@ class Sealer:
         try:
             info = c2pa.C2paSignerInfo(self.alg.upper().encode(), self.chain_pem, self.key_pem, None)
             with c2pa.Signer.from_info(info) as signer, c2pa.Context.from_dict(SIGN_SETTINGS) as ctx, \
-                    c2pa.Builder(manifest_definition(claim, mime, manifest_id), ctx) as builder, \
-                    open(tmp, "rb") as src, open(signed, "w+b") as dst:
-                builder.sign(signer, mime, src, dst)
-                dst.flush()
-                os.fsync(dst.fileno())
+                    c2pa.Builder(manifest_definition(claim, mime, manifest_id), ctx) as builder:
+                if mime.startswith("image/") and tmp.stat().st_size <= IN_MEMORY_BYTES:
+                    # images: sign in memory (the SDK's many small stream calls cost more on files)
+                    out = io.BytesIO()
+                    builder.sign(signer, mime, io.BytesIO(tmp.read_bytes()), out)
+                    with open(signed, "wb") as dst:
+                        dst.write(out.getbuffer())
+                else:
+                    with open(tmp, "rb") as src, open(signed, "w+b") as dst:
+                        builder.sign(signer, mime, src, dst)
+            # commit_partial fsyncs the result before the rename
             os.replace(signed, tmp)
         except c2pa.C2paError as exc:
             signed.unlink(missing_ok=True)
