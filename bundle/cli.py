@@ -5,22 +5,25 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
-from sealfuse.bundle.errors import BUILD_EXIT_CODES
-from sealfuse.verifier.errors import VerificationError
+from sealfuse.bundle.errors import BUILD_EXIT_CODES, BundleError
+from sealfuse.verifier.errors import VerificationError, exit_code_help
 
-_EPILOG = "\b\nExit codes:\n" + "\n".join(
-    f"{c:>3}  {t}" for c, t in sorted(BUILD_EXIT_CODES.items())
-) + "\n 20-62  the bundle fails a structural check (see `sealfuse verify --help`)"
+_EPILOG = exit_code_help(BUILD_EXIT_CODES) + (
+    "\n20-62  a bundle read by sign or inspect fails a structural check "
+    "(see `sealfuse verify --help`)")
+# What the bundle commands catch: their own errors and the verifier's (reading a bundle).
+_ERRORS = (BundleError, VerificationError)
 
 
-def _fail(exc: VerificationError, as_json: bool = False) -> None:
+def _fail(exc: BundleError | VerificationError, as_json: bool = False) -> NoReturn:
     if as_json:
-        click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2, sort_keys=True))
+        click.echo(json.dumps(exc.to_dict(), indent=2, sort_keys=True))
     else:
-        click.echo(f"ERROR {type(exc).__name__}: {exc.message}", err=True)
+        click.echo(f"ERROR {type(exc).__name__} ({exc.reason}): {exc.message}", err=True)
         for key, value in sorted(exc.evidence.items()):
             click.echo(f"  {key}: {value}", err=True)
     sys.exit(exc.exit_code)
@@ -97,9 +100,8 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
         configs=configs, images=images, expires_days=expires_days)
     try:
         result = build_bundle(inputs)
-    except VerificationError as exc:
+    except _ERRORS as exc:
         _fail(exc, as_json)
-        return
     m = result.manifest
     if as_json:
         click.echo(json.dumps({
@@ -158,9 +160,8 @@ def sign(bundle_path: Path, key_path: Path | None, passphrase_file: Path | None,
             assert sigstore_path is not None
             added = [add_sigstore(bundle_path, read_regular(sigstore_path, "sigstore bundle",
                                                             MAX_SIGNATURE_INPUT_BYTES))]
-    except VerificationError as exc:
+    except _ERRORS as exc:
         _fail(exc)
-        return
     click.echo(f"signed {bundle_path}: added {', '.join(added)}")
 
 
@@ -177,32 +178,36 @@ def inspect(bundle_path: Path, trust_path: Path | None, as_json: bool) -> None:
     Payload hashes are checked against the manifest; signatures are only listed unless --trust
     is given (this is not verification: use `sealfuse verify` for that).
     """
-    from sealfuse.bundle.sign import signer_keyids
     from sealfuse.verifier.model import SIGSTORE_NAME
+    from sealfuse.verifier.signatures import Classification, classify, signer_keyids
     from sealfuse.verifier.verify import read_bundle
 
     try:
         contents = read_bundle(bundle_path)
-        valid: set[str] | None = None
+        found: Classification | None = None
+        threshold = 0
         if trust_path is not None:
-            from sealfuse.verifier.trust import count_signatures, load_trust
-            from sealfuse.verifier.verify import RAW_SIG
+            from sealfuse.verifier.signatures import bundle_signatures
+            from sealfuse.verifier.trust import load_trust
 
             t = load_trust(trust_path)
-            raw = [(m.group(1), data) for n, data in contents.signature_files.items()
-                   if (m := RAW_SIG.match(n))]
-            valid = count_signatures(t.keys, raw, contents.manifest_bytes)[0]
-    except VerificationError as exc:
+            threshold = t.threshold
+            # The verifier's own classification: raw .sig and SSHSIG alike.
+            found = classify(t.public_keys, bundle_signatures(contents.signature_files),
+                             contents.manifest_bytes)
+    except _ERRORS as exc:
         _fail(exc, as_json)
-        return
     m = contents.manifest
-    signers = sorted(signer_keyids(contents))
+    signers = sorted(signer_keyids(contents.signature_files))
     if as_json:
         doc = m.to_json()
         doc["signatures"] = {"files": sorted(contents.signature_files), "keyids": signers,
                              "sigstore": SIGSTORE_NAME in contents.signature_files}
-        if valid is not None:
-            doc["signatures"]["valid_keyids"] = sorted(valid)
+        if found is not None:
+            doc["signatures"].update({
+                "valid_keyids": sorted(found.valid), "invalid_keyids": sorted(found.invalid),
+                "untrusted_keyids": sorted(found.untrusted), "threshold": threshold,
+                "threshold_met": len(found.valid) >= threshold})
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
     click.echo(f"{m.product} {m.version} for {m.platform.python} {m.platform.arch} "
@@ -217,8 +222,13 @@ def inspect(bundle_path: Path, trust_path: Path | None, as_json: bool) -> None:
         click.echo("  (no models)")
     click.echo(f"signatures ({len(signers)} key(s)):")
     for k in signers:
-        state = "" if valid is None else ("  valid" if k in valid else "  NOT trusted/valid")
+        state = ""
+        if found is not None:
+            state = ("  valid" if k in found.valid else
+                     "  INVALID" if k in found.invalid else "  not in the trust file")
         click.echo(f"  {k}{state}")
+    if found is not None:
+        click.echo(f"  {len(found.valid)} valid of {threshold} required")
     if SIGSTORE_NAME in contents.signature_files:
         click.echo("  + sigstore bundle")
 
@@ -233,5 +243,5 @@ def manifest(bundle_path: Path, out: Path) -> None:
 
     try:
         out.write_bytes(manifest_bytes(bundle_path))
-    except VerificationError as exc:
+    except _ERRORS as exc:
         _fail(exc)

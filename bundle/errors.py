@@ -1,11 +1,27 @@
-"""Errors of the build host (bundle build / sign / inspect), each with its evidence and exit code."""
+"""Errors of the build host (bundle build / sign / inspect): one root, BundleError, each error with
+its reason, evidence and exit code; BUILD_EXIT_CODES (the --help table) is generated from them.
+
+BundleError is not a VerificationError: a bundle that cannot be built is not a bundle that failed
+verification. Reading an existing bundle (sign, inspect) can still raise the verifier's errors.
+"""
 
 from __future__ import annotations
 
-from sealfuse.verifier.errors import VerificationError
+from typing import ClassVar
+
+from sealfuse.verifier.errors import EXIT_CODES as VERIFY_EXIT_CODES
+from sealfuse.verifier.errors import EXIT_OK, ErrorFields, exit_code_table
 
 
-class BuildError(VerificationError):
+class BundleError(ErrorFields, Exception):
+    """Base of every build-host error (the bundle layer's one root)."""
+
+    exit_code = 80
+    reason = "bundle"
+    classes: ClassVar[list[type[ErrorFields]]] = []
+
+
+class BuildError(BundleError):
     """A bundle cannot be built from these inputs."""
 
     exit_code = 80
@@ -29,7 +45,7 @@ class LicenceMissingError(BuildError):
     exit_code = 83
 
 
-class SigningError(VerificationError):
+class SigningError(BundleError):
     """A signature cannot be added to a bundle."""
 
     exit_code = 85
@@ -41,13 +57,10 @@ class DuplicateSignatureError(SigningError):
     exit_code = 86
 
 
-BUILD_EXIT_CODES: dict[int, str] = {
-    0: "success",
-    2: "usage error or unreadable input",
-    80: "BuildError: bundle cannot be built from these inputs",
-    81: "WheelError: bad wheel name, wrong platform, or conflicting wheels",
-    82: "ModelDigestError: downloaded model does not match its pinned sha256",
-    83: "LicenceMissingError: a model has no recorded licence",
-    85: "SigningError: signature cannot be added",
-    86: "DuplicateSignatureError: the bundle is already signed by this key",
-}
+# Exit codes of `sealfuse bundle ...`; a bundle read by sign or inspect may also fail one of the
+# verifier's structural checks (its codes 20-62, listed by `sealfuse verify --help`).
+BUILD_EXIT_CODES: dict[int, str] = exit_code_table(BundleError.classes, {
+    EXIT_OK: "success",
+    1: VERIFY_EXIT_CODES[1],
+    2: "usage error, or an input cannot be read or is not a regular file",
+})

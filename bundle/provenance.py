@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from sealfuse.verifier.errors import VerificationError
+from sealfuse.bundle.errors import BundleError
 
 CA_DAYS = 3650
 APPLIANCE_DAYS = 397  # about 13 months: rotate yearly with a new bundle, one month of overlap
@@ -26,7 +26,7 @@ CA_CERT, CA_KEY = "ca.pem", "ca.key"
 APPLIANCE_DIR, CHAIN, KEY = "appliance", "chain.pem", "signing.key"
 
 
-class ProvenanceInitError(VerificationError):
+class ProvenanceInitError(BundleError):
     """The CA or the appliance certificate cannot be made from these inputs."""
 
     exit_code = 3

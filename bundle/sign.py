@@ -19,7 +19,8 @@ from sealfuse.bundle.tarwrite import write_bundle
 from sealfuse.verifier import sshsig
 from sealfuse.verifier.keys import keyid_of, short_keyid
 from sealfuse.verifier.model import MANIFEST_NAME, SIGNATURES_DIR, SIGSTORE_NAME
-from sealfuse.verifier.verify import RAW_SIG, SSH_SIG, BundleContents, read_bundle
+from sealfuse.verifier.signatures import signer_keyids
+from sealfuse.verifier.verify import BundleContents, read_bundle
 
 
 @dataclass(frozen=True)
@@ -32,20 +33,6 @@ class _TarPayload:
 
     def open(self) -> IO[bytes]:
         return self.opener()
-
-
-def signer_keyids(contents: BundleContents) -> set[str]:
-    """Key ids that already have a signature file in the bundle (valid or not)."""
-    ids: set[str] = set()
-    for name, data in contents.signature_files.items():
-        if m := RAW_SIG.match(name):
-            ids.add(m.group(1))
-        elif SSH_SIG.match(name):
-            try:
-                ids.add(keyid_of(sshsig.parse(data).public_key))
-            except sshsig.SshSigFormatError:
-                continue
-    return ids
 
 
 def _rewrite(bundle: Path, contents: BundleContents, new_files: dict[str, bytes]) -> None:
@@ -73,7 +60,7 @@ def sign_bundle(bundle: Path, key: Ed25519PrivateKey) -> list[str]:
     and return the names added. Refuses a second signature by the same key."""
     contents = read_bundle(bundle)
     keyid = keyid_of(key.public_key())
-    if keyid in signer_keyids(contents):
+    if keyid in signer_keyids(contents.signature_files):
         raise DuplicateSignatureError(f"bundle is already signed by key {short_keyid(keyid)}",
                                       keyid=keyid)
     manifest = contents.manifest_bytes
@@ -97,7 +84,7 @@ def add_sshsig(bundle: Path, armored: bytes) -> str:
         raise SigningError("the SSHSIG does not verify over this bundle's manifest.json "
                            f"(namespace {sig.namespace!r}, expected {sshsig.NAMESPACE!r})")
     keyid = keyid_of(sig.public_key)
-    if keyid in signer_keyids(contents):
+    if keyid in signer_keyids(contents.signature_files):
         raise DuplicateSignatureError(f"bundle is already signed by key {short_keyid(keyid)}",
                                       keyid=keyid)
     name = f"{SIGNATURES_DIR}{keyid}.sshsig"

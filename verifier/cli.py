@@ -16,8 +16,12 @@ import click
 
 from sealfuse.verifier.errors import (
     EXIT_CODES,
+    KEYGEN_EXIT_CODES,
+    TRUST_EXIT_CODES,
+    OutputExistsError,
     TrustDuplicateKeyError,
     TrustFileError,
+    UnusableKeyError,
     VerificationError,
     exit_code_help,
 )
@@ -42,14 +46,12 @@ from sealfuse.verifier.trust import (
     write_atomic,
 )
 
-_EXIT_EPILOG = "\b\nExit codes:\n" + exit_code_help()
-
 
 def _fail(exc: VerificationError, as_json: bool) -> NoReturn:
     if as_json:
         click.echo(json.dumps(exc.to_dict(), indent=2, sort_keys=True))
     else:
-        click.echo(f"REJECTED {type(exc).__name__}: {exc.message}", err=True)
+        click.echo(f"REJECTED {type(exc).__name__} ({exc.reason}): {exc.message}", err=True)
         for key, value in sorted(exc.evidence.items()):
             click.echo(f"  {key}: {value}", err=True)
     sys.exit(exc.exit_code)
@@ -76,11 +78,12 @@ def load_signing_key(key_path: Path, passphrase_file: Path | None) -> Any:
     try:
         return load_private_key(key_path, read_passphrase(key_path, passphrase_file))
     except (KeyFormatError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        _fail(UnusableKeyError(f"cannot use signing key {key_path}: {exc}",
+                               path=str(key_path)), False)
 
 
 # -- verify ----------------------------------------------------------------------------------------
-@click.command(epilog=_EXIT_EPILOG)
+@click.command(epilog=exit_code_help(EXIT_CODES))
 @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--trust", "trust_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path),
@@ -134,7 +137,7 @@ def verify(bundle: Path, trust_path: Path, as_json: bool, floor_version: str | N
 
 
 # -- keygen ----------------------------------------------------------------------------------------
-@click.command(epilog="\b\nExit codes:\n  0  key written\n  1  the key file exists or cannot be written\n  2  usage error")
+@click.command(epilog=exit_code_help(KEYGEN_EXIT_CODES))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Private key path (written 0600); the public key goes to OUT.pub.")
 @click.option("--name", default="", help="Principal name for allowed_signers (one word). "
@@ -165,8 +168,9 @@ def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_jso
         raise click.BadParameter("must be one word without commas", param_hint="--name")
     pub_path = out.with_name(out.name + ".pub")
     for p in (out, pub_path):
-        if p.exists():
-            raise click.ClickException(f"{p} exists; refusing to overwrite a key")
+        if p.exists() or p.is_symlink():
+            _fail(OutputExistsError(f"{p} exists; refusing to overwrite a key", path=str(p)),
+                  as_json)
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -176,7 +180,7 @@ def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_jso
         os.chmod(out, 0o600)
         write_atomic(pub_path, (openssh_public(key.public_key(), name) + "\n").encode())
     except OSError as exc:
-        raise click.ClickException(f"cannot write key: {exc}") from exc
+        _fail(OutputExistsError(f"cannot write key: {exc}", path=str(out)), as_json)
     if as_json:
         click.echo(json.dumps({"keyid": keyid, "short": short_keyid(keyid), "name": name,
                                "private_key": str(out), "public_key": str(pub_path),
@@ -199,8 +203,7 @@ def _trusted_key_from_file(path: Path) -> TrustedKey:
     return TrustedKey.from_public(key, name)
 
 
-@click.group(epilog="\b\nExit codes:\n  0  success\n  2  usage error, unreadable file\n"
-             " 10  TrustFileError\n 11  RotationError")
+@click.group(epilog=exit_code_help(TRUST_EXIT_CODES))
 def trust() -> None:
     """Create, sign, rotate and export trust files.
 
@@ -244,7 +247,8 @@ def trust_create(out: Path, keys: tuple[Path, ...], threshold: int, product: str
             _fail(exc, False)
         policy = SigstorePolicy(sigstore_identity, sigstore_issuer, root, not sigstore_optional)
     if out.exists():
-        raise click.ClickException(f"{out} exists; refusing to overwrite a trust file")
+        _fail(OutputExistsError(f"{out} exists; refusing to overwrite a trust file",
+                                path=str(out)), False)
     try:
         t = make_trust(product, [_trusted_key_from_file(p) for p in keys], threshold,
                        trust_version, policy)

@@ -15,22 +15,28 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
 
 
-class VerificationError(Exception):
-    """Base of every rejection by the sealfuse verifier.
+class ErrorFields:
+    """What every sealfuse error carries, whatever its layer: `exit_code`, a stable snake_case
+    `reason` (by default the class name without `Error`), `evidence`, a message and `to_dict()`.
 
-    `reason` is a stable snake_case id (by default the class name without `Error`), `evidence`
-    the facts behind the rejection, `exit_code` the documented exit status of `sealfuse verify`.
+    Each layer's root error (VerificationError here, BundleError in the bundle layer) mixes this
+    in and keeps its own `classes` registry, from which its exit-code table is generated.
     """
 
     exit_code: ClassVar[int] = 1
-    reason: ClassVar[str] = "verification"
-    classes: ClassVar[list[type[VerificationError]]] = []
+    reason: ClassVar[str] = "internal"
+    classes: ClassVar[list[type[ErrorFields]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "reason" not in cls.__dict__:
             cls.reason = _snake(cls.__name__)
-        VerificationError.classes.append(cls)
+        if "classes" in cls.__dict__:  # a layer's root
+            return
+        for base in cls.__mro__[1:]:
+            if "classes" in base.__dict__:
+                base.classes.append(cls)
+                break
 
     def __init__(self, message: str, **evidence: Any) -> None:
         super().__init__(message)
@@ -47,6 +53,14 @@ class VerificationError(Exception):
             "evidence": {k: _jsonable(v) for k, v in self.evidence.items()},
             "exit_code": self.exit_code,
         }
+
+
+class VerificationError(ErrorFields, Exception):
+    """Base of every rejection by the sealfuse verifier (the verifier layer's one root)."""
+
+    exit_code = 1
+    reason = "verification"
+    classes: ClassVar[list[type[ErrorFields]]] = []
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,6 +92,18 @@ class InputTooLargeError(BundleReadError):
     """A trust file, key or other small input is larger than its documented limit."""
 
     exit_code = 2
+
+
+class UnusableKeyError(BundleReadError):
+    """A signing key cannot be loaded (not Ed25519, wrong passphrase, unparseable)."""
+
+    exit_code = 2
+
+
+class OutputExistsError(VerificationError):
+    """Refusing to overwrite an existing key or trust file, or it cannot be written."""
+
+    exit_code = 3
 
 
 # -- trust --------------------------------------------------------------------------------------
@@ -301,28 +327,23 @@ class ExtractError(VerificationError):
 
 
 EXIT_OK = 0
-_FIXED: dict[int, str] = {
-    0: "verified",
-    1: "internal error (a bug: please report)",
-    2: "usage error, or an input cannot be read or is not a regular file",
-}
 
 
-def _table() -> dict[int, str]:
-    by_code: dict[int, list[type[VerificationError]]] = {}
-    for cls in VerificationError.classes:
+def exit_code_table(classes: list[type[ErrorFields]], fixed: dict[int, str]) -> dict[int, str]:
+    """code -> text for --help: `fixed` rows (0, 1, 2 ...) plus one row per exit code of
+    `classes`, described by the deepest class on the one inheritance line through the code."""
+    by_code: dict[int, list[type[ErrorFields]]] = {}
+    for cls in classes:
         by_code.setdefault(cls.exit_code, []).append(cls)
-    table = dict(_FIXED)
-    for code, classes in sorted(by_code.items()):
-        if code in _FIXED:
-            table[code] += " (" + ", ".join(c.__name__ for c in classes) + ")"
+    table = dict(fixed)
+    for code, members in sorted(by_code.items()):
+        if code in fixed:
+            table[code] += " (" + ", ".join(c.__name__ for c in members) + ")"
             continue
-        # The deepest class on the one inheritance line through the code describes it; the
-        # others that share the code are named after it.
-        line = [c for c in classes
-                if all(issubclass(c, d) or issubclass(d, c) for d in classes)]
-        main = max(line, key=lambda c: len(c.__mro__)) if line else classes[0]
-        others = [c.__name__ for c in classes if c is not main]
+        line = [c for c in members
+                if all(issubclass(c, d) or issubclass(d, c) for d in members)]
+        main = max(line, key=lambda c: len(c.__mro__)) if line else members[0]
+        others = [c.__name__ for c in members if c is not main]
         doc = (main.__doc__ or "").strip().split("\n\n")[0]
         first = " ".join(doc.split()).split(": ")[0].rstrip(".")
         table[code] = f"{main.__name__}: {first}" + (f" (also {', '.join(others)})"
@@ -330,10 +351,28 @@ def _table() -> dict[int, str]:
     return table
 
 
+def exit_code_help(table: dict[int, str]) -> str:
+    """An exit code table as a click epilog (`\\b` keeps click from rewrapping it)."""
+    rows = "\n".join(f"{code:>3}  {text}" for code, text in sorted(table.items()))
+    return "\b\nExit codes:\n" + rows
+
+
 # Exit codes of `sealfuse verify` (and the library's error classes), in one table.
-EXIT_CODES: dict[int, str] = _table()
+EXIT_CODES: dict[int, str] = exit_code_table(VerificationError.classes, {
+    EXIT_OK: "verified",
+    1: "internal error (a bug: please report)",
+    2: "usage error, or an input cannot be read or is not a regular file",
+})
+del EXIT_CODES[OutputExistsError.exit_code]  # `keygen` and `trust create` only
+
+# `sealfuse trust ...`: the trust file errors only.
+TRUST_EXIT_CODES: dict[int, str] = exit_code_table(
+    [c for c in VerificationError.classes
+     if issubclass(c, (TrustError, BundleReadError, OutputExistsError))],
+    {EXIT_OK: "success", 2: "usage error, or an input cannot be read or is not a regular file"})
 
 
-def exit_code_help(table: dict[int, str] | None = None) -> str:
-    """An exit code table as text for a --help epilog."""
-    return "\n".join(f"{code:>3}  {text}" for code, text in sorted((table or EXIT_CODES).items()))
+# `sealfuse keygen`.
+KEYGEN_EXIT_CODES: dict[int, str] = exit_code_table(
+    [c for c in VerificationError.classes if issubclass(c, (OutputExistsError, BundleReadError))],
+    {EXIT_OK: "key written", 2: "usage error, or an input cannot be read"})

@@ -33,6 +33,7 @@ from sealfuse.verifier.keys import (
     verify_raw,
 )
 from sealfuse.verifier.model import canonical
+from sealfuse.verifier.signatures import classify, raw_signatures
 from sealfuse.verifier.sshsig import NAMESPACE
 
 TRUST_TYPE = "sealfuse-trust"
@@ -80,6 +81,11 @@ class Trust:
     keys: Mapping[str, TrustedKey]
     sigstore: SigstorePolicy | None = None
     signatures: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def public_keys(self) -> dict[str, Ed25519PublicKey]:
+        """key id -> public key, for the signature classifier."""
+        return {k: v.public_key for k, v in self.keys.items()}
 
     def signed_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -228,19 +234,10 @@ def _parse_sigstore(data: Mapping[str, Any], base_dir: Path | None) -> SigstoreP
 
 def count_signatures(keys: Mapping[str, TrustedKey], signatures: Iterable[tuple[str, bytes]],
                      data: bytes) -> tuple[set[str], set[str], set[str]]:
-    """(valid trusted key ids, key ids with invalid signatures, untrusted key ids)."""
-    valid: set[str] = set()
-    bad: set[str] = set()
-    untrusted: set[str] = set()
-    for keyid, sig in signatures:
-        key = keys.get(keyid)
-        if key is None:
-            untrusted.add(keyid)
-        elif verify_raw(key.public_key, sig, data):
-            valid.add(keyid)
-        else:
-            bad.add(keyid)
-    return valid, bad - valid, untrusted
+    """(valid trusted key ids, key ids with only invalid signatures, untrusted key ids) of raw
+    (key id, signature) pairs, through the one classifier (verifier.signatures)."""
+    found = classify({k: v.public_key for k, v in keys.items()}, raw_signatures(signatures), data)
+    return set(found.valid), set(found.invalid), set(found.untrusted)
 
 
 def accept_rotation(current: Trust, new: Trust) -> Trust:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from sealfuse.verifier.errors import (
     HashMismatchError,
     LengthMismatchError,
     LinkMemberError,
-    MalformedSignatureError,
     ManifestError,
     MissingMemberError,
     NotRegularFileError,
@@ -40,7 +38,7 @@ from sealfuse.verifier.errors import (
     UnsignedManifestError,
 )
 from sealfuse.verifier.inputs import loads_strict, open_regular
-from sealfuse.verifier.keys import keyid_of, short_keyid, verify_raw
+from sealfuse.verifier.keys import short_keyid
 from sealfuse.verifier.model import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -55,15 +53,11 @@ from sealfuse.verifier.model import (
     check_member_path,
     parse_time,
 )
-from sealfuse.verifier.sshsig import NAMESPACE, SshSigFormatError
-from sealfuse.verifier.sshsig import parse as parse_sshsig
+from sealfuse.verifier.signatures import bundle_signatures, classify
 from sealfuse.verifier.trust import Trust
 
 MAX_SIGNATURE_BYTES = 1 << 20
 MAX_SIGNATURE_FILES = 256
-# Member names are matched whole (fullmatch): `$` would also match before a trailing newline.
-RAW_SIG = re.compile(r"signatures/([0-9a-f]{64})\.sig")
-SSH_SIG = re.compile(r"signatures/[A-Za-z0-9._-]+\.sshsig")
 # How far the manifest's `created` may be ahead of the clock (build host and appliance clocks
 # differ a little); beyond it the bundle is refused with CreatedInFutureError.
 DEFAULT_CLOCK_SKEW = dt.timedelta(minutes=5)
@@ -181,44 +175,10 @@ def _check_header(h: Header) -> None:
 
 def check_signatures(manifest_bytes: bytes, files: Mapping[str, bytes], trust: Trust) -> SignatureReport:
     """Count distinct trusted keys with a valid Ed25519 (raw or SSHSIG) signature over the
-    manifest bytes; raise UnsignedManifestError below the threshold, SigstoreVerificationError
-    when the trust file's sigstore policy is not met."""
-    valid: set[str] = set()
-    invalid: set[str] = set()
-    untrusted: set[str] = set()
-    for name, data in sorted(files.items()):
-        if name == SIGSTORE_NAME:
-            continue
-        if m := RAW_SIG.fullmatch(name):
-            keyid = m.group(1)
-            key = trust.keys.get(keyid)
-            if key is None:
-                untrusted.add(keyid)
-            elif verify_raw(key.public_key, data, manifest_bytes):
-                valid.add(keyid)
-            else:
-                invalid.add(keyid)
-        elif SSH_SIG.fullmatch(name):
-            try:
-                sig = parse_sshsig(data)
-            except SshSigFormatError as exc:
-                raise MalformedSignatureError(f"{name}: {exc}", path=name) from exc
-            if sig.namespace != NAMESPACE:
-                raise MalformedSignatureError(
-                    f"{name}: SSHSIG namespace {sig.namespace!r}, expected {NAMESPACE!r}",
-                    path=name, expected=NAMESPACE, actual=sig.namespace)
-            keyid = keyid_of(sig.public_key)
-            if keyid not in trust.keys:
-                untrusted.add(keyid)
-            elif sig.verify(manifest_bytes):
-                valid.add(keyid)
-            else:
-                invalid.add(keyid)
-        else:
-            raise MalformedSignatureError(
-                f"{name} is not a signature file sealfuse knows (signatures/<keyid>.sig, "
-                f"signatures/<name>.sshsig, {SIGSTORE_NAME})", path=name)
-    invalid -= valid
+    manifest bytes (the one classifier, verifier.signatures); raise UnsignedManifestError below
+    the threshold, SigstoreVerificationError when the trust file's sigstore policy is not met."""
+    found = classify(trust.public_keys, bundle_signatures(files), manifest_bytes)
+    valid, invalid, untrusted = set(found.valid), set(found.invalid), set(found.untrusted)
     if len(valid) < trust.threshold:
         raise UnsignedManifestError(
             f"manifest has {len(valid)} valid signature(s) from trusted keys, "

@@ -5,6 +5,7 @@ And the reverse: an SSHSIG made by `ssh-keygen -Y sign` counts towards the thres
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,3 +120,28 @@ def test_key_generated_by_ssh_keygen_can_be_trusted_and_sign(factory: Any,
     _cli("bundle", "sign", str(bundle), "--key", str(key))
     result = verify_bundle(bundle, load_trust(trust_path), now=NOW)
     assert result.signer_names == ("auditor-key",)
+
+
+@needs_ssh
+def test_inspect_and_verify_count_the_same_signers_when_one_signed_with_ssh_keygen_only(
+        factory: Any, tmp_path: Path) -> None:
+    """Regression: `bundle inspect --trust` counted only raw .sig files, so a signer who attached
+    only an SSHSIG made with `ssh-keygen -Y sign` was valid for verify and missing in inspect."""
+    bundle = factory.build(signers=(0,))  # signer0 through sealfuse (.sig and .sshsig)
+    manifest = tmp_path / "manifest.json"
+    _cli("bundle", "manifest", str(bundle), "-o", str(manifest))
+    subprocess.run(["ssh-keygen", "-Y", "sign", "-f", str(factory.key_path(1)), "-n",
+                    "sealfuse-bundle", str(manifest)], check=True, capture_output=True)
+    _cli("bundle", "sign", str(bundle), "--sshsig", str(manifest) + ".sig")  # signer1: SSHSIG only
+
+    expected = sorted(keyid_of(k.public_key()) for k in factory.keys[:2])
+    verified = json.loads(_cli("verify", str(bundle), "--trust", str(factory.trust_path),
+                               "--json", "--now", NOW))
+    inspected = json.loads(_cli("bundle", "inspect", str(bundle), "--trust",
+                                str(factory.trust_path), "--json"))
+    assert sorted(s["keyid"] for s in verified["signers"]) == expected
+    assert inspected["signatures"]["valid_keyids"] == expected
+    assert inspected["signatures"]["threshold_met"] is True
+    assert inspected["signatures"]["invalid_keyids"] == []
+    text = _cli("bundle", "inspect", str(bundle), "--trust", str(factory.trust_path))
+    assert "2 valid of 2 required" in text

@@ -11,7 +11,7 @@ import pytest
 from sealfuse.verifier import errors as E
 from sealfuse.verifier import verify_bundle
 from sealfuse.verifier.model import Version, check_member_path
-from sealfuse.verifier.verify import RAW_SIG, SSH_SIG
+from sealfuse.verifier.signatures import RAW_SIG, SSH_SIG
 from tests.bundle import factory as F
 from tests.verifier import tarcraft as T
 
