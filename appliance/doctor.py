@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sealfuse.appliance.clock import clock_behind
 from sealfuse.appliance.errors import UnsafePathError
 from sealfuse.appliance.fsutil import open_dir, open_file_at
 from sealfuse.appliance.release import InstallRecord, Layout, Systemd, systemd_for
@@ -222,9 +223,9 @@ def check_clock(layout: Layout, now: dt.datetime | None = None) -> Check:
         manifest = Manifest.from_bytes((layout.current / "manifest.json").read_bytes())
     except (OSError, ValueError, VerificationError) as exc:
         return Check("clock", False, f"cannot read the release manifest: {exc}")
-    if now < manifest.created:
-        return Check("clock", False, f"clock {now:%Y-%m-%dT%H:%M:%SZ} is before the bundle was "
-                                     f"built ({manifest.created:%Y-%m-%dT%H:%M:%SZ}): set the clock")
+    behind = clock_behind(manifest.created, now)
+    if behind is not None:
+        return Check("clock", False, f"{behind.reason}: {behind.message}")
     if now >= manifest.expires:
         return Check("clock", False, f"the running release expired at "
                                      f"{manifest.expires:%Y-%m-%dT%H:%M:%SZ}; install a newer bundle")

@@ -150,6 +150,13 @@ class UnsafePathError(ApplianceError):
     reason = "unsafe_path"
 
 
+class ClockBehindError(InstallError):
+    """The clock is behind the installed release's signed creation time (beyond the skew)."""
+
+    exit_code = 93
+    reason = "clock_behind"
+
+
 # -- exit-code tables ---------------------------------------------------------------------------
 def _line(cls: type[ApplianceError]) -> str:
     return f"{cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}"
@@ -174,7 +181,8 @@ INSTALL_EXIT_CODES = exit_table(
     "installed and running (READY), or installed without starting (--no-start, --root)",
     StateError, LockBusyError, RolledBackError, ServiceDownError, NotInstalledError,
     TrustRequiredError, ReleaseRunningError, PlatformMismatchError, InsufficientSpaceError,
-    VenvError, SystemdError, AuditError, UnsafePathError, extra={**_USAGE, **_VERIFIER})
+    VenvError, SystemdError, AuditError, UnsafePathError, ClockBehindError,
+    extra={**_USAGE, **_VERIFIER})
 ROLLBACK_EXIT_CODES = exit_table(
     "rolled back and running (READY), or switched without starting (--root)",
     StateError, LockBusyError, RolledBackError, ServiceDownError, NothingToRollBackError,

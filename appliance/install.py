@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sealfuse.appliance.clock import check_installed
 from sealfuse.appliance.errors import (
     ApplianceError,
+    ClockBehindError,
     InstallError,
     NothingToRollBackError,
     NotInstalledError,
@@ -58,7 +60,7 @@ class InstallOptions:
     python: str = "/usr/bin/python3"
     keep: int = 3
     gpu: bool | None = None  # None: install the GPU drop-in when /dev/nvidiactl exists
-    now: str | None = None  # expiry check time (tests); default: the clock
+    now: str | None = None  # expiry and clock check time (tests); default: the clock
 
 
 @dataclass
@@ -157,6 +159,12 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
     trust, trust_how, pin = resolve_trust(layout, opts.trust)
     record = InstallRecord.load(layout)
     floor = record.current
+    try:
+        check_installed(layout, floor, opts.now)
+    except ClockBehindError as exc:
+        audit_event(layout, "install_refused", bundle=bundle.name, error=type(exc).__name__,
+                    exit_code=exc.exit_code, message=exc.message, installed=floor)
+        raise
     try:
         vb = verify_bundle(bundle, trust, floor_version=floor,
                            allow_downgrade=opts.allow_downgrade, now=opts.now)
