@@ -45,6 +45,7 @@ def test_gate_passes_every_unit_alone_and_with_each_dropin() -> None:
         "sealfuse-watch.service+gpu.conf",
         "sealfuse-watch.service+memory.conf",
         "sealfuse-watch.service+apparmor.conf",
+        "sealfuse-watch.service+slurm.conf",
     }
     assert all(score <= 1.0 for score in scores.values()), scores
     print("exposure:", scores)
