@@ -43,7 +43,8 @@ class Engine:
 
     def models_for(self, options: SwapOptions) -> Models:
         key = (options.face_detector_model, options.face_swapper_model, options.face_recognizer_model,
-               options.face_enhancer_model if "face_enhancer" in options.frame_processors else None,
+               (options.face_enhancer_model, options.face_enhancer_weight)
+               if "face_enhancer" in options.frame_processors else None,
                "region" in options.face_mask_types, options.face_selector_mode == "reference",
                options.face_detector_score)
         with self._lock:

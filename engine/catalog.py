@@ -25,8 +25,14 @@ class ModelSpec:
     sha256: str | None = None
     size: int | None = None
     note: str = ""
-    # Expected input names, in graph order (empty: not checked).
+    # Input names, one per entry of `inputs` (matched by name, in any graph order); empty: by position.
     input_names: tuple[str, ...] = ()
+    # Element types per input ("float", "double", "float|float16"); empty: float or float16 for all.
+    input_types: tuple[str, ...] = ()
+    # Shape of the first output (the image or vector the engine reads); empty: not checked.
+    output_shape: tuple[int | None, ...] = ()
+    # True: the file may carry more outputs after the first (only the first is read).
+    extra_outputs: bool = False
 
     @property
     def packaged(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from sealfuse.engine.errors import EXIT_INTERRUPTED, EngineError, exit_code_help
+from sealfuse.engine.families import ENHANCER_FAMILIES
 from sealfuse.engine.options import (
     EXECUTION_PROVIDERS,
     FRAME_PROCESSORS,
@@ -59,7 +60,18 @@ def _padding(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 
 
 SWAPPERS = ["auto", "classic"] + [n for n in swapper_names() if n != "classic"]
-ENHANCERS = sorted(n for n, s in CATALOG.items() if s.family == "gfpgan")
+ENHANCERS = sorted(n for n, s in CATALOG.items() if s.family in ENHANCER_FAMILIES)
+
+
+def _licences(names: list[str]) -> str:
+    """'name licence; ...' for the catalog entries among `names`, grouped by family."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        if n in CATALOG:
+            groups.setdefault(f"{CATALOG[n].family}\0{CATALOG[n].licence}", []).append(n)
+    return "; ".join(f"{', '.join(ns)}: {key.split(chr(0))[1]}" for key, ns in groups.items())
+
+
 DETECTORS = ["auto", "blazeface", "mtcnn"] + sorted(n for n, s in CATALOG.items() if s.family == "scrfd")
 RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 
@@ -79,9 +91,13 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 @click.option("--face-swapper-model", type=click.Choice(SWAPPERS), default=D.face_swapper_model, show_default=True,
               help="auto = inswapper_128 when its file is in the models directory, else classic. "
                    "classic is DEMO GRADE (alignment, colour transfer, feathered blend on the starter "
-                   "models only); the learned inswapper family is the product and needs an ArcFace recognizer.")
-@click.option("--face-enhancer-model", type=click.Choice(ENHANCERS), default=D.face_enhancer_model, show_default=True)
+                   "models only); the learned families are the product and need an ArcFace recognizer. "
+                   f"Licences: {_licences(SWAPPERS)}.")
+@click.option("--face-enhancer-model", type=click.Choice(ENHANCERS), default=D.face_enhancer_model, show_default=True,
+              help=f"Licences: {_licences(ENHANCERS)}.")
 @click.option("--face-enhancer-blend", type=click.FloatRange(0, 1), default=D.face_enhancer_blend, show_default=True)
+@click.option("--face-enhancer-weight", type=click.FloatRange(0, 1), default=D.face_enhancer_weight, show_default=True,
+              help="codeformer's fidelity weight: 0 favours restoration, 1 fidelity to the input.")
 @click.option("--face-detector-model", type=click.Choice(DETECTORS), default=D.face_detector_model, show_default=True,
               help="auto = scrfd_10g when present, else the starter blazeface (full range on the whole "
                    "image plus 640-px tiles for small faces, short range for close-ups). Behind BlazeFace, FaceMesh 468 gives every face its "
@@ -263,7 +279,8 @@ def list_models(models_dir: Path | None, as_json: bool) -> None:
     rows = []
     for spec in CATALOG.values():
         path = mdir / spec.file if not spec.packaged else None
-        rows.append({"name": spec.name, "family": spec.family, "file": spec.file, "licence": spec.licence,
+        rows.append({"name": spec.name, "family": spec.family, "role": _role(spec.name, spec.family),
+                     "file": spec.file, "licence": spec.licence,
                      "present": spec.packaged or bool(path and path.is_file()),
                      "pinned": bool(spec.sha256) or spec.file in lock})
     if as_json:
@@ -272,7 +289,18 @@ def list_models(models_dir: Path | None, as_json: bool) -> None:
     for r in rows:
         state = "present" if r["present"] else "missing"
         state += ", pinned" if r["pinned"] else ""
-        click.echo(f"{r['name']:<22} {r['family']:<11} {state:<17} {r['licence']}")
+        click.echo(f"{r['name']:<24} {r['role']:<20} {state:<16} {r['licence']}")
+
+
+def _role(name: str, family: str) -> str:
+    if name in SWAPPERS:
+        return "face_swapper"
+    if family in ENHANCER_FAMILIES:
+        return "face_enhancer"
+    if family == "embedding_converter":
+        return family
+    return {"arcface": "face_recognizer", "bisenet": "face_parser", "facemesh": "face_landmarker"}.get(
+        family, "face_detector")
 
 
 @models.command("pin")

@@ -85,19 +85,35 @@ class ArcFaceFamily:
         return [f.with_(embedding=feats[i].astype(np.float32)) for i, f in enumerate(faces)]
 
 
-class GFPGANFamily:
-    """Face restorer with GFPGAN 1.4's signature: [1,3,512,512] RGB in -1..1 -> same."""
+ENHANCER_FAMILIES = ("gfpgan", "restoreformer", "codeformer")
+
+
+class RestorerFamily:
+    """Face restorers on the FFHQ 512 template: [1,3,512,512] RGB in -1..1 -> same.
+
+    GFPGAN 1.4 and RestoreFormer++ take the crop only; CodeFormer also takes its fidelity `weight`
+    ([1], double: 0 favours quality, 1 favours fidelity to the input).
+    """
 
     size = 512
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, weight: float = 0.5) -> None:
         self.session = session
-        self.input_name = session.get_inputs()[0].name
+        inputs = session.get_inputs()
+        names = [i.name for i in inputs]
+        self.input_name = "input" if "input" in names else names[0]
+        self._dtype = np.float16 if "float16" in inputs[names.index(self.input_name)].type else np.float32
+        self._weight = {"weight": np.array([weight], np.float64)} if "weight" in names else {}
+        self._output = session.get_outputs()[0].name
         self.template = FFHQ_UNIT * self.size
 
     def enhance(self, frame: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
         crop, m = align(frame, face.kps, self.template, self.size, border=cv2.BORDER_REPLICATE)
         rgb = crop[:, :, ::-1].astype(np.float32) / 127.5 - 1.0
-        out = self.session.run(None, {self.input_name: rgb.transpose(2, 0, 1)[None]})[0][0]
-        out = ((np.clip(out, -1, 1) + 1.0) * 127.5).transpose(1, 2, 0)[:, :, ::-1]
+        blob = rgb.transpose(2, 0, 1)[None].astype(self._dtype)
+        out = self.session.run([self._output], {self.input_name: blob, **self._weight})[0][0]
+        out = ((np.clip(np.asarray(out, np.float32), -1, 1) + 1.0) * 127.5).transpose(1, 2, 0)[:, :, ::-1]
         return np.ascontiguousarray(out.round().astype(np.uint8)), m
+
+
+GFPGANFamily = RestorerFamily  # the first restorer's name, kept for existing callers

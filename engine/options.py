@@ -34,6 +34,8 @@ class SwapOptions:
     face_swapper_model: str = "auto"
     face_enhancer_model: str = "gfpgan_1.4"
     face_enhancer_blend: float = 0.8
+    # CodeFormer's fidelity weight (0 favours restoration, 1 fidelity to the input); others ignore it.
+    face_enhancer_weight: float = 0.5
     face_recognizer_model: str = "arcface_w600k_r50"
     # "auto": SCRFD det_10g when present, else the starter BlazeFace (full range, tiled) + FaceMesh.
     face_detector_model: str = "auto"

@@ -27,7 +27,13 @@ from sealfuse.engine.errors import (
     NoFaceInSourceError,
 )
 from sealfuse.engine.face import Face
-from sealfuse.engine.families import ArcFaceFamily, GFPGANFamily, MTCNNFamily, SCRFDFamily
+from sealfuse.engine.families import (
+    ENHANCER_FAMILIES,
+    ArcFaceFamily,
+    MTCNNFamily,
+    RestorerFamily,
+    SCRFDFamily,
+)
 from sealfuse.engine.imageio import read_image
 from sealfuse.engine.options import FRAME_PROCESSORS, MASK_TYPES, SELECTOR_MODES, SwapOptions
 from sealfuse.engine.providers import resolve_providers
@@ -71,6 +77,9 @@ def validate(options: SwapOptions) -> None:
         raise ConfigError(f"unknown face selector mode {options.face_selector_mode!r}")
     if not 0.0 <= options.blend_ratio <= 1.0:
         raise ConfigError("--blend-ratio must be within 0..1", blend_ratio=options.blend_ratio)
+    if not 0.0 <= options.face_enhancer_weight <= 1.0:
+        raise ConfigError("--face-enhancer-weight must be within 0..1",
+                          face_enhancer_weight=options.face_enhancer_weight)
     if not 0.0 <= options.face_mask_blur <= 1.0:
         raise ConfigError("--face-mask-blur must be within 0..1", face_mask_blur=options.face_mask_blur)
     if len(options.face_mask_padding) != 4 or any(not 0 <= p <= 100 for p in options.face_mask_padding):
@@ -123,7 +132,7 @@ class Models:
                     model=self.recognizer_name, file=registry.path_of(spec))
         self.enhancer_name = o.face_enhancer_model if "face_enhancer" in o.frame_processors else None
         if self.enhancer_name:
-            self._family(self.enhancer_name, "gfpgan", "--face-enhancer-model")
+            self._family(self.enhancer_name, ENHANCER_FAMILIES, "--face-enhancer-model")
         self.parser_name = "bisenet_resnet_34" if "region" in o.face_mask_types else None
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -162,10 +171,12 @@ class Models:
                 self._faces.popitem(last=False)
 
     @staticmethod
-    def _family(name: str, family: str, flag: str) -> None:
+    def _family(name: str, family: str | tuple[str, ...], flag: str) -> None:
         spec = ModelRegistry.spec(name)
-        if spec.family != family:
-            raise ConfigError(f"{flag} {name} is a {spec.family} model, not {family}")
+        allowed = (family,) if isinstance(family, str) else family
+        if spec.family not in allowed:
+            raise ConfigError(f"{flag} {name} is a {spec.family} model, not {' or '.join(allowed)}",
+                              model=name)
 
     def _get(self, key: str, build: Any) -> Any:
         with self._lock:
@@ -200,10 +211,11 @@ class Models:
     def swapper(self) -> Swapper:
         return self._get("swap", lambda: self.swapper_family.load(self.swapper_name, self.registry))
 
-    def enhancer(self) -> GFPGANFamily | None:
+    def enhancer(self) -> RestorerFamily | None:
         if not self.enhancer_name:
             return None
-        return self._get("enh", lambda: GFPGANFamily(self.registry.session(self.enhancer_name)))
+        name, weight = self.enhancer_name, self.options.face_enhancer_weight
+        return self._get("enh", lambda: RestorerFamily(self.registry.session(name), weight))
 
     def parser(self) -> Any:
         if not self.parser_name:

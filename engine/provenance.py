@@ -37,6 +37,7 @@ SIGN_SETTINGS: dict[str, Any] = {
 }
 # Options that shaped the pixels; paths, threads and memory limits do not and stay out.
 SHAPING_OPTIONS = ("frame_processors", "face_swapper_model", "face_enhancer_model", "face_enhancer_blend",
+                   "face_enhancer_weight",
                    "face_detector_model", "face_detector_score", "blend_ratio", "face_mask_types",
                    "face_mask_blur", "face_mask_padding", "face_selector_mode", "reference_face_distance",
                    "detect_every", "output_video_encoder", "output_video_quality", "output_video_preset",

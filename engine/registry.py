@@ -27,11 +27,12 @@ from sealfuse.engine.errors import (
     ModelSignatureError,
 )
 from sealfuse.engine.fsio import atomic_write_bytes
+from sealfuse.engine.onnxinfo import GraphIO, OnnxFormatError, read_io
 from sealfuse.engine.providers import ProviderConfig, session_options
 from sealfuse.engine.swappers import swapper_specs
 
 __all__ = ["CATALOG", "LOCK_FILE", "NONCOMMERCIAL", "PACKAGE_PREFIX", "ModelRegistry", "ModelSpec",
-           "ResolvedModel", "check_signature", "read_lock", "sha256_file", "write_lock"]
+           "ResolvedModel", "check_signature", "read_lock", "signature_problem", "sha256_file", "write_lock"]
 
 LOCK_FILE = "models.lock.json"
 # Families whose files come from `sealfuse models fetch-starter` (pinned in code, run by LiteRT).
@@ -72,7 +73,14 @@ CATALOG: dict[str, ModelSpec] = {
               ((None, 3, 112, 112),), 1),
         _spec("scrfd_10g", "scrfd", "det_10g.onnx", NONCOMMERCIAL, ((1, 3, None, None),), 9),
         _spec("scrfd_2.5g", "scrfd", "det_2.5g.onnx", NONCOMMERCIAL, ((1, 3, None, None),), 9),
-        _spec("gfpgan_1.4", "gfpgan", "gfpgan_1.4.onnx", "Apache-2.0", ((1, 3, 512, 512),), 1),
+        # Face restorers (the face_enhancer frame processor), all on the FFHQ 512 template.
+        _spec("gfpgan_1.4", "gfpgan", "gfpgan_1.4.onnx", "Apache-2.0", ((1, 3, 512, 512),), 1,
+              input_names=("input",), output_shape=(1, 3, 512, 512)),
+        _spec("restoreformer_plus_plus", "restoreformer", "restoreformer_plus_plus.onnx", "Apache-2.0",
+              ((1, 3, 512, 512),), 1, input_names=("input",), output_shape=(1, 3, 512, 512)),
+        _spec("codeformer", "codeformer", "codeformer.onnx", "S-Lab-1.0 (non-commercial)",
+              ((1, 3, 512, 512), (1,)), 1, input_names=("input", "weight"), input_types=("float|float16", "double"),
+              output_shape=(1, 3, 512, 512), extra_outputs=True),
         _spec("bisenet_resnet_34", "bisenet", "bisenet_resnet_34.onnx", "MIT",
               ((1, 3, 512, 512),), 1),
     ]
@@ -218,6 +226,7 @@ class ModelRegistry:
             if name in self._sessions:
                 return self._sessions[name]
         resolved = self.resolve(name)
+        check_signature(resolved.spec, resolved.path)
         import onnxruntime
 
         wants_gpu = self.providers.names[0] != "CPUExecutionProvider"
@@ -238,7 +247,6 @@ class ModelRegistry:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelSignatureError(f"model {resolved.path} cannot be loaded by ONNX Runtime: {exc}",
                                       model=name, file=resolved.path) from exc
-        check_signature(resolved.spec, sess, resolved.path)
         got = sess.get_providers()
         if wants_gpu and got and got[0] == "CPUExecutionProvider":
             msg = (f"{self.providers.names[0]} could not start (no GPU or driver); "
@@ -271,25 +279,48 @@ class ModelRegistry:
             return [r.to_dict() for r in self._resolved.values()]
 
 
-def check_signature(spec: ModelSpec, session: Any, path: Path) -> None:
-    """Refuse a model whose inputs/outputs differ from its family's signature."""
-    inputs = session.get_inputs()
-    outputs = session.get_outputs()
-    actual = [tuple(i.shape) for i in inputs]
-    problem = None
-    if len(inputs) != len(spec.inputs):
-        problem = f"{len(inputs)} inputs, expected {len(spec.inputs)}"
-    elif len(outputs) != spec.outputs:
-        problem = f"{len(outputs)} outputs, expected {spec.outputs}"
-    else:
-        for want, got in zip(spec.inputs, actual, strict=True):
-            if len(want) != len(got) or any(
-                isinstance(w, int) and isinstance(g, int) and w != g for w, g in zip(want, got, strict=True)
-            ):
-                problem = f"input shape {list(got)}, expected {list(want)}"
-                break
+def _shape_matches(want: tuple[int | None, ...], got: tuple[int | str | None, ...]) -> bool:
+    return len(want) == len(got) and all(
+        not (isinstance(w, int) and isinstance(g, int)) or w == g for w, g in zip(want, got, strict=True))
+
+
+def signature_problem(spec: ModelSpec, io: GraphIO) -> str | None:
+    """What differs between a file's graph inputs/outputs and the catalog's signature (None: nothing)."""
+    got = list(io.inputs)
+    if len(got) != len(spec.inputs):
+        return f"{len(got)} inputs {[t.name for t in got]}, expected {len(spec.inputs)}"
+    if spec.input_names:
+        by_name = {t.name: t for t in got}
+        if set(by_name) != set(spec.input_names):
+            return f"inputs named {sorted(by_name)}, expected {sorted(spec.input_names)}"
+        got = [by_name[n] for n in spec.input_names]
+    for i, (want, tensor) in enumerate(zip(spec.inputs, got, strict=True)):
+        if not _shape_matches(want, tensor.shape):
+            return f"input {tensor.name!r} of shape {list(tensor.shape)}, expected {list(want)}"
+        allowed = (spec.input_types[i] if spec.input_types else "float|float16").split("|")
+        if tensor.elem_type not in allowed:
+            return f"input {tensor.name!r} of type {tensor.elem_type}, expected {' or '.join(allowed)}"
+    n_out = len(io.outputs)
+    if n_out < spec.outputs or (n_out != spec.outputs and not spec.extra_outputs):
+        return f"{n_out} outputs, expected {spec.outputs}{' or more' if spec.extra_outputs else ''}"
+    if spec.output_shape and not _shape_matches(spec.output_shape, io.outputs[0].shape):
+        return f"output {io.outputs[0].name!r} of shape {list(io.outputs[0].shape)}, expected {list(spec.output_shape)}"
+    return None
+
+
+def check_signature(spec: ModelSpec, path: Path) -> GraphIO:
+    """Refuse a model whose graph differs from its family's signature (read before any session exists)."""
+    try:
+        io = read_io(path)
+    except (OSError, OnnxFormatError) as exc:
+        raise ModelSignatureError(f"model {path} is not a readable ONNX model: {exc}",
+                                  model=spec.name, file=path) from exc
+    problem = signature_problem(spec, io)
     if problem:
         raise ModelSignatureError(
             f"model {path} does not have the {spec.family} signature: {problem}",
-            model=spec.name, file=path, inputs=[list(map(str, s)) for s in actual],
+            model=spec.name, file=path,
+            inputs=[{"name": t.name, "type": t.elem_type, "shape": [str(d) for d in t.shape]} for t in io.inputs],
+            outputs=[{"name": t.name, "shape": [str(d) for d in t.shape]} for t in io.outputs],
         )
+    return io

@@ -75,7 +75,7 @@ def swapper_names() -> list[str]:
 def swapper_specs() -> list[ModelSpec]:
     """Catalog entries of every file a swapper family uses (each once)."""
     seen: dict[str, ModelSpec] = {}
-    for cls in dict.fromkeys(_BY_NAME.values()):
+    for cls in sorted(set(_BY_NAME.values()), key=lambda c: c.family):
         for spec in cls.specs():
             seen.setdefault(spec.name, spec)
     return list(seen.values())

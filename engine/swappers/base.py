@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -222,5 +221,23 @@ def normalise(vec: np.ndarray) -> np.ndarray:
     return vec / (np.linalg.norm(vec) + 1e-12)
 
 
-def unique(names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(names))
+def converter_spec(name: str, licence: str, note: str = "") -> ModelSpec:
+    """Catalog entry of an embedding converter: `input` [1,512] recognizer embedding -> [1,512]."""
+    from sealfuse.engine.catalog import ModelSpec
+
+    return ModelSpec(name, "embedding_converter", f"{name}.onnx", licence, ((1, 512),), 1,
+                     input_names=("input",), output_shape=(1, 512), note=note)
+
+
+class EmbeddingConverter:
+    """An embedding converter session: maps a raw ArcFace embedding into a family's identity space."""
+
+    def __init__(self, name: str, session: Any) -> None:
+        self.name = name
+        self.session = session
+        self._dtype = _dtype_of(session.get_inputs()[0].type)
+        self._output = session.get_outputs()[0].name
+
+    def __call__(self, embedding: np.ndarray) -> np.ndarray:
+        feed = {"input": np.asarray(embedding, self._dtype).reshape(1, -1)}
+        return np.asarray(self.session.run([self._output], feed)[0], np.float32).reshape(-1)

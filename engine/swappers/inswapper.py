@@ -12,6 +12,7 @@ import numpy as np
 
 from sealfuse.engine.catalog import NONCOMMERCIAL, ModelSpec
 from sealfuse.engine.errors import ModelSignatureError
+from sealfuse.engine.onnxinfo import OnnxFormatError, last_initializer
 from sealfuse.engine.swappers.base import CropFormat, LearnedSwapper, normalise
 
 if TYPE_CHECKING:
@@ -35,24 +36,21 @@ class InswapperSwapper(LearnedSwapper):
 
     @classmethod
     def specs(cls) -> tuple[ModelSpec, ...]:
-        return (
-            ModelSpec("inswapper_128", "inswapper", "inswapper_128.onnx", NONCOMMERCIAL, SIGNATURE, 1),
-            ModelSpec("inswapper_128_fp16", "inswapper", "inswapper_128_fp16.onnx", NONCOMMERCIAL, SIGNATURE, 1),
-        )
+        return tuple(
+            ModelSpec(name, "inswapper", f"{name}.onnx", NONCOMMERCIAL, SIGNATURE, 1,
+                      input_names=("target", "source"), output_shape=(1, 3, 128, 128))
+            for name in ("inswapper_128", "inswapper_128_fp16"))
 
     @classmethod
     def load(cls, name: str, registry: ModelRegistry) -> InswapperSwapper:
         session = registry.session(name)
-        return cls(name, session, last_initializer(str(registry.resolve(name).path)))
+        path = registry.resolve(name).path
+        try:
+            emap = last_initializer(path)
+        except OnnxFormatError as exc:
+            raise ModelSignatureError(f"model {name}: no usable emap (last initializer) in {path}: {exc}",
+                                      model=name, file=path) from exc
+        return cls(name, session, emap)
 
     def source_vector(self, embedding: np.ndarray) -> np.ndarray:
         return normalise(normalise(embedding) @ self.emap)
-
-
-def last_initializer(path: str) -> np.ndarray:
-    """The graph's last initializer as an array (inswapper's emap)."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(path)
-    return numpy_helper.to_array(model.graph.initializer[-1])
