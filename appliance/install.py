@@ -42,7 +42,7 @@ from sealfuse.verifier import (
     Trust,
     VerificationError,
     accept_rotation,
-    load_trust,
+    read_trust_file,
     verify_bundle,
 )
 
@@ -84,17 +84,22 @@ class InstallResult:
 # -- helpers --------------------------------------------------------------------------------
 def resolve_trust(layout: Layout, offered: Path | None) -> tuple[Trust, str, bytes | None]:
     """(trust to verify with, how it was chosen, bytes to pin or None). Reads only."""
+    # Each trust file is read once (regular files only: a FIFO never blocks the installer), and
+    # the bytes pinned are the bytes that were checked.
     if layout.trust.exists():
-        pinned = load_trust(layout.trust)
-        if offered is None or Path(offered).read_bytes() == layout.trust.read_bytes():
+        pinned, pinned_raw = read_trust_file(layout.trust)
+        if offered is None:
             return pinned, "pinned", None
-        new = load_trust(offered)
+        new, raw = read_trust_file(offered)
+        if raw == pinned_raw:
+            return pinned, "pinned", None
         accept_rotation(pinned, new)  # RotationError (exit 11) unless signed by the threshold
-        return new, "rotated", Path(offered).read_bytes()
+        return new, "rotated", raw
     if offered is None:
         raise TrustRequiredError(f"no trust file is pinned at {layout.trust}; the first install "
                                  "needs --trust FILE", path=str(layout.trust))
-    return load_trust(offered), "first-pin", Path(offered).read_bytes()
+    new, raw = read_trust_file(offered)
+    return new, "first-pin", raw
 
 
 def prune(layout: Layout, record: InstallRecord, keep: int) -> list[str]:

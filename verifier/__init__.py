@@ -6,7 +6,13 @@ Public API: load_trust, verify_bundle, extract_bundle, and the error classes in 
 
 from sealfuse.verifier.errors import EXIT_CODES, VerificationError
 from sealfuse.verifier.model import LockEntry, Manifest, Member, ModelEntry, Platform, Version
-from sealfuse.verifier.trust import Trust, TrustedKey, accept_rotation, load_trust
+from sealfuse.verifier.trust import (
+    Trust,
+    TrustedKey,
+    accept_rotation,
+    load_trust,
+    read_trust_file,
+)
 from sealfuse.verifier.verify import VerifiedBundle, extract_bundle, verify_bundle
 
 __all__ = [
@@ -24,5 +30,6 @@ __all__ = [
     "accept_rotation",
     "extract_bundle",
     "load_trust",
+    "read_trust_file",
     "verify_bundle",
 ]

@@ -153,10 +153,22 @@ def load_trust(path: str | os.PathLike[str]) -> Trust:
     """Load and validate a trust file (the pinned one is trusted as is; its signatures matter
     only when it is offered as a rotation of another trust file)."""
     p = Path(path)
+    return trust_from_bytes(read_regular(p, "trust file", MAX_TRUST_BYTES), p)
+
+
+def read_trust_file(path: str | os.PathLike[str]) -> tuple[Trust, bytes]:
+    """(trust, the exact bytes it was parsed from): read once, so what is pinned is what was
+    checked. Regular files only, at most MAX_TRUST_BYTES."""
+    p = Path(path)
     raw = read_regular(p, "trust file", MAX_TRUST_BYTES)
+    return trust_from_bytes(raw, p), raw
+
+
+def trust_from_bytes(raw: bytes, path: Path) -> Trust:
+    """Parse trust file bytes read from `path` (a relative sigstore root is resolved beside it)."""
     data = loads_strict(raw, duplicate=TrustDuplicateKeyError, invalid=TrustFileError,
-                        what=f"trust file {p}", path=str(p))
-    return parse_trust(data, base_dir=p.parent)
+                        what=f"trust file {path}", path=str(path))
+    return parse_trust(data, base_dir=Path(path).parent)
 
 
 def parse_trust(data: Any, base_dir: Path | None) -> Trust:

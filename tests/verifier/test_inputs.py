@@ -98,6 +98,25 @@ def test_install_refuses_a_fifo_trust_file(factory: Any, tmp_path: Path) -> None
     assert json.loads(proc.stdout)["error"] == "NotARegularFileError"
 
 
+def test_install_with_a_pinned_trust_refuses_a_fifo_offered_as_the_new_trust_file(
+        factory: Any, tmp_path: Path) -> None:
+    """With a trust file pinned, the offered one is compared byte for byte: that read must not
+    block on a FIFO either."""
+    from sealfuse.appliance.release import Layout
+
+    root = tmp_path / "root"
+    root.mkdir()
+    pinned = Layout(root).trust
+    pinned.parent.mkdir(parents=True)
+    pinned.write_bytes(factory.trust_path.read_bytes())
+    fifo = _fifo(tmp_path, "offered.json")
+    proc = _sealfuse("install", str(factory.build()), "--root", str(root), "--trust", str(fifo),
+                     "--no-start", "--json", cwd=tmp_path)
+    assert proc.returncode == E.NotARegularFileError.exit_code, proc.stderr
+    assert json.loads(proc.stdout)["error"] == "NotARegularFileError"
+    assert pinned.read_bytes() == factory.trust_path.read_bytes()
+
+
 def test_trust_file_larger_than_its_limit_is_refused_after_limit_plus_one_bytes(
         tmp_path: Path) -> None:
     big = tmp_path / "trust.json"
