@@ -35,13 +35,13 @@ SLURM_STATES = ("pending", "running", "completing", "completed", "failed", "time
 # reason's first failure (a counter series that appears at 1 has no increase). Others appear when
 # they first happen. docs/watch-folder.md and docs/cluster.md explain each reason.
 FAILURE_REASONS = (
-    "bad_name", "symlink", "hardlink", "fifo", "device_node", "socket", "directory",
+    "bad_name", "symlink", "symlinked_folder", "foreign_filesystem", "hardlink", "fifo", "device_node", "socket", "directory",
     "unknown_preset", "empty_file", "input_too_large", "unsupported_extension",
     "manifest_too_large", "invalid_json", "schema_violation", "path_escape", "missing_media",
     "orphan_media", "truncated", "too_large", "not_media", "unreadable", "no_face_in_target",
     "no_face_in_source", "no_reference_match", "bad_options", "internal_error",
     "preset_source_unreadable", "worker_crashed", "timeout", "memory_limit", "attempts_exhausted",
-    "claim_incomplete",
+    "claim_incomplete", "output_missing", "commit_failed", "recovery_failed",
     "node_fail", "cancelled", "slurm_failed", "submit_failed",
 )
 # Buckets about 1.5x apart from 0.1 s to an hour: histogram_quantile's linear interpolation inside

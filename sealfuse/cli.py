@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("sealfuse.appliance.cli:status", "Show release, service and queue state."),
     "doctor": ("sealfuse.appliance.cli:doctor", "Check providers, models, units and clock."),
     "watch": ("sealfuse.appliance.watch_cli:watch", "Run the watch-folder daemon."),
+    "run-job": ("sealfuse.appliance.runjob:run_job", "Run one claimed watch job (Slurm compute node)."),
     "audit": ("sealfuse.appliance.audit:audit", "Verify the hash-chained audit log."),
     "provenance": ("sealfuse.cli:provenance", "C2PA content credentials: init the CA, verify an output."),
 }

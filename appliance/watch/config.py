@@ -79,6 +79,34 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "anyOf": [{"required": ["source"]}, {"required": ["preset"]}],
 }
 
+# [dispatch.slurm]: see sealfuse.appliance.watch.slurm.SlurmSettings and docs/cluster.md.
+SLURM_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.:,=+-]{1,128}$"}
+SLURM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "partition": SLURM_NAME,
+        "account": SLURM_NAME,
+        "qos": SLURM_NAME,
+        "gres": SLURM_NAME,  # per job, e.g. "gpu:1"
+        "cpus_per_task": {"type": "integer", "minimum": 1, "maximum": 4096},
+        "mem_mb": {"type": "integer", "minimum": 1},
+        "time_limit_minutes": {"type": "integer", "minimum": 1},
+        "extra_args": {"type": "array", "items": {"type": "string", "pattern": "^--[a-z]"}},
+        "max_jobs": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 100},
+        "retry_on": {"type": "array", "uniqueItems": True,
+                     "items": {"enum": ["node_fail", "preempted", "cancelled", "killed"]}},
+        "poll_seconds": {"type": "number", "minimum": 0.1, "maximum": 600},
+        "submit_timeout_seconds": {"type": "number", "minimum": 0},
+        "command": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+        "node_tmp_dir": {"type": "string", "pattern": "^/"},
+        "bin_dir": {"type": "string", "pattern": "^/"},
+        "job_name_prefix": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+        "command_timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+    },
+}
+
 CONFIG_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -113,6 +141,15 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 # -> CUDA arena_extend_strategy (kSameAsRequested by default)
                 "arena_extend_strategy": {"enum": ["kSameAsRequested", "kNextPowerOfTwo"]},
                 "device_id": {"type": "integer", "minimum": 0, "maximum": 63},
+            },
+        },
+        "dispatch": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                # local: supervised worker processes here; slurm: one Slurm job per claimed job
+                "backend": {"enum": ["local", "slurm"]},
+                "slurm": SLURM_SCHEMA,
             },
         },
         "presets": {
@@ -171,6 +208,8 @@ class WatchConfig:
     gpu_device_id: int | None = None
     presets: dict[str, Preset] = field(default_factory=dict)
     source_file: str | None = None
+    dispatch_backend: str = "local"  # [dispatch] backend
+    slurm: dict[str, Any] = field(default_factory=dict)  # [dispatch.slurm]
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for the worker's base SwapOptions."""
@@ -223,4 +262,6 @@ def load_config(path: Path | None) -> WatchConfig:
                        gpu_memory_limit_gb=data.get("gpu", {}).get("memory_limit_gb"),
                        gpu_arena_extend_strategy=data.get("gpu", {}).get("arena_extend_strategy"),
                        gpu_device_id=data.get("gpu", {}).get("device_id"),
-                       presets=presets, source_file=str(path))
+                       presets=presets, source_file=str(path),
+                       dispatch_backend=data.get("dispatch", {}).get("backend", "local"),
+                       slurm=dict(data.get("dispatch", {}).get("slurm", {})))

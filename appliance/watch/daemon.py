@@ -90,9 +90,11 @@ class Daemon:
         self.models_dir = models_dir
         self.notifier = notifier or Notifier()
         self.audit = AuditLog(paths.audit)
-        self.metrics = Metrics(paths.metrics)
+        self.metrics = Metrics(paths.metrics, spool=paths.spool, backend=config.dispatch_backend)
         self.admission = Admission(config, paths.inbox)
         self.watcher = InboxWatcher(paths.inbox, config.presets, config.stable_seconds, on_new=self._on_new)
+        if dispatcher is None and config.dispatch_backend == "slurm":
+            dispatcher = self._slurm_dispatcher()
         self.dispatcher = dispatcher or self._local_dispatcher(worker_command or list(WORKER_COMMAND))
         self.book: JobBook | None = None
         self.stopping = False
@@ -118,6 +120,18 @@ class Daemon:
                                command=command, max_rss_mb=self.cfg.max_rss_mb,
                                rss_poll_seconds=self.cfg.rss_poll_seconds,
                                start_timeout_seconds=self.cfg.worker_start_timeout_seconds)
+
+    def _slurm_dispatcher(self) -> Dispatcher:
+        from sealfuse.appliance.watch.slurm import SlurmDispatcher, SlurmSettings
+
+        opts = self.cfg.engine_options()
+        if self.models_dir:
+            opts["models_dir"] = str(self.models_dir)
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        return SlurmDispatcher(SlurmSettings.from_table(self.cfg.slurm), spool=self.paths.spool,
+                               engine_options=opts, retain_inputs=self.cfg.retain_inputs,
+                               metrics=self.metrics, env=env)
 
     # ---------------------------------------------------------------- startup / shutdown
     def setup(self) -> None:
@@ -294,9 +308,11 @@ class Daemon:
                 self.notifier.ready(self._status_text())
         elif event.kind == "progress" and event.job_id:
             self.book.progress(event.job_id, event.progress)
+        elif event.kind == "placed" and event.job_id in self.book.running:
+            self.book.placed(self.book.running[event.job_id], event.info)
         elif event.kind == "done" and event.job_id in self.book.running:
             self.book.complete(self.book.running.pop(event.job_id), event.report, event.seconds or 0.0,
-                               committed=event.committed)
+                               committed=event.committed, placement=event.info)
         elif event.kind == "failed" and event.job_id in self.book.running:
             assert event.error is not None
             self.book.fail(self.book.running.pop(event.job_id), event.error, seconds=event.seconds)
@@ -323,8 +339,8 @@ class Daemon:
             return
         self._last_metrics = now
         if self.book is not None:
-            self.metrics.queue_depth.set(len(self.book.queue) + self.watcher.pending_drops())
-            self.metrics.running.set(len(self.book.running))
+            self.metrics.set_queue(pending=self.watcher.pending_drops(), queued=len(self.book.queue),
+                                   running=len(self.book.running))
         self.metrics.write()
 
     def _report_status(self) -> None:
@@ -350,7 +366,8 @@ class Daemon:
             if interval and now >= self._next_ping:
                 self.notifier.watchdog()
                 self._next_ping = now + interval
-            if self.stopping and (not self.book.running or now >= self.stop_deadline):
+            if self.stopping and (not self.book.running or now >= self.stop_deadline
+                                  or self.dispatcher.keeps_jobs_across_restart):
                 break
             if self.once and self.ready_sent and self._drained():
                 break
@@ -390,6 +407,9 @@ class Daemon:
     def shutdown(self) -> int:
         """Jobs still running past the grace period go back to the inbox; then close."""
         assert self.book is not None
+        if self.dispatcher.keeps_jobs_across_restart:
+            # Cluster jobs keep running and keep their claims; the next start adopts them.
+            self.book.running.clear()
         for job_id in list(self.book.running):
             self.dispatcher.cancel(job_id)
             self.book.queue.append(self.book.running.pop(job_id))

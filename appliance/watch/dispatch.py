@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from sealfuse.appliance.watch.errors import JobError
 
-EventKind = Literal["ready", "progress", "done", "failed", "worker_restarted"]
+EventKind = Literal["ready", "progress", "done", "failed", "worker_restarted", "placed"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ class DispatchEvent:
     {"frame", "total"} or similar; `done`: `report` is the engine's report and the output file is
     at the request's `output` (or the backend already committed: `committed=True`); `failed`:
     `error` says why (a crash, a timeout, the engine's own error); `worker_restarted`: a worker
-    was replaced (`info` says why), with or without a job.
+    was replaced (`info` says why), with or without a job; `placed`: a cluster backend started
+    the job on a node or resubmitted it (`info`: backend, slurm_job_id, node, and for a
+    resubmission `resubmitted`, `reason`, `previous_slurm_job_id`).
     """
 
     kind: EventKind
@@ -76,6 +78,9 @@ class Dispatcher(abc.ABC):
     backend cannot work at all."""
 
     backend = "abstract"
+    # True when running jobs outlive the daemon (a cluster): on stop they are neither cancelled
+    # nor handed back, and `adopt` finds them at the next start.
+    keeps_jobs_across_restart = False
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -111,6 +116,12 @@ class Dispatcher(abc.ABC):
     @abc.abstractmethod
     def running(self) -> dict[str, dict[str, Any]]:
         """job id -> latest progress, for every job the backend is running."""
+
+    def finished_while_away(self) -> list[dict[str, Any]]:
+        """After a restart: jobs the backend finished and committed while no daemon ran (their
+        work/ folder is gone, so recovery never sees them), as {"job_id", "outcome", ...placement}
+        for the audit. The local pool has none."""
+        return []
 
     def wait_fds(self) -> list[int]:
         """File descriptors the daemon's select() should wake on (none: it polls)."""

@@ -110,6 +110,12 @@ class JobBook:
                 self.fail(item.job, item.error)
             elif item.outcome == "requeue" and item.job is not None:
                 self._requeue_recovered(item.job, adopted=item.job_id in adopted)
+        for item in dispatcher.finished_while_away():  # a cluster job committed while we were down
+            fields = {k: v for k, v in item.items() if k not in ("job_id", "outcome") and v is not None}
+            self.db.upsert(item["job_id"], state="done")
+            self.audit.append("recovered", job=item["job_id"], outcome=item["outcome"], **fields)
+            self.metrics.job_finished("recovered", item["outcome"], None)
+            self.status.update(item["job_id"], "done", output=_output_name(self.root, item["job_id"]))
 
     def _requeue_recovered(self, job: Job, *, adopted: bool) -> None:
         row = self.db.get(job.job_id)
@@ -131,8 +137,18 @@ class JobBook:
         """The backend took the job."""
         attempts = self.db.start_attempt(job.job_id)
         self.running[job.job_id] = job
-        self.audit.append("started_job", job=job.job_id, worker_pid=worker_pid, attempt=attempts)
+        where = {k: v for k, v in placement.to_dict().items() if v is not None}
+        self.audit.append("started_job", job=job.job_id, worker_pid=worker_pid, attempt=attempts, **where)
         self.status.update(job.job_id, "running", client_ref=job.client_ref, dispatch=placement.to_dict())
+        if placement.backend == "local":  # a cluster backend reports when the job starts on a node
+            self.metrics.job_started(_since(job.claim.get("claimed")))
+
+    def placed(self, job: Job, info: dict[str, Any]) -> None:
+        """A cluster backend started the job on a node, or resubmitted it after a lost run."""
+        self.audit.append("resubmitted" if info.get("resubmitted") else "placed", job=job.job_id, **info)
+        dispatch = {"backend": info.get("backend", "slurm"), "slurm_job_id": info.get("slurm_job_id"),
+                    "node": info.get("node")}
+        self.status.update(job.job_id, "running", client_ref=job.client_ref, dispatch=dispatch)
 
     def progress(self, job_id: str, info: dict[str, Any]) -> None:
         """A running job's progress."""
@@ -146,7 +162,8 @@ class JobBook:
             self.status.queue_positions(ids)
 
     # ---------------------------------------------------------------- outcomes
-    def complete(self, job: Job, report: dict[str, Any], seconds: float, *, committed: bool = False) -> None:
+    def complete(self, job: Job, report: dict[str, Any], seconds: float, *, committed: bool = False,
+                 placement: dict[str, Any] | None = None) -> None:
         """The job succeeded: commit outbox/<id>/ (unless the backend already did), record it."""
         tdir = self.paths.jobs_tmp / job.job_id
         target = job.inputs["target"]
@@ -176,9 +193,11 @@ class JobBook:
             frames = frames.get("processed") or frames.get("total")
         frames = int(frames or (1 if report.get("kind") == "image" else 0) or 0)
         self.db.upsert(job.job_id, state="done")
+        where = {k: v for k, v in (placement or {}).items() if k in ("backend", "slurm_job_id", "node") and v}
         self.audit.append("done", job=job.job_id, key=job.key, inputs=job.digests,
-                          output_sha256=result["output"].get("sha256"), seconds=round(seconds, 3),
-                          faces=len(report.get("faces", []) or []), frames=frames)
+                          output_sha256=result["output"].get("sha256") or (placement or {}).get("output_sha256"),
+                          seconds=round(seconds, 3), faces=len(report.get("faces", []) or []), frames=frames,
+                          **where)
         self.metrics.job_finished("done", "ok", seconds, frames)
         self.metrics.last_success.set(time.time())
         self.status.update(job.job_id, "done", client_ref=job.client_ref, output=target.name)
@@ -203,8 +222,9 @@ class JobBook:
             self.audit.append("already_committed", job=job.job_id)
         elif not duplicate:
             self.db.upsert(job.job_id, key=job.key or None, state="failed", reason=err.reason)
+            where = {k: err.evidence[k] for k in ("slurm_job_id", "node") if err.evidence.get(k)}
             self.audit.append("failed", job=job.job_id, reason=err.reason, key=job.key or None,
-                              inputs=job.digests or None)
+                              inputs=job.digests or None, **where)
         self.metrics.job_finished("duplicate" if duplicate else "failed", err.reason, seconds)
         self.status.update(job.job_id, "failed", client_ref=job.client_ref, reason=err.reason, message=err.message)
         rmtree_quiet(self.paths.jobs_tmp / job.job_id)
@@ -235,6 +255,16 @@ class JobBook:
             else:
                 self.audit.append("requeue_blocked", job=job.job_id)
         self.queue.clear()
+
+
+def _since(iso: str | None) -> float | None:
+    """Seconds since an ISO-8601 UTC time (a claim's `claimed`), or None."""
+    from datetime import datetime
+
+    try:
+        return max(0.0, time.time() - datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
 
 
 def _output_name(root: Path, job_id: str) -> str | None:
