@@ -234,6 +234,30 @@ def check_clock(layout: Layout, now: dt.datetime | None = None) -> Check:
     return Check("clock", True, f"within the manifest's validity; expires in {left.days} days{note}")
 
 
+def check_provenance(layout: Layout, now: dt.datetime | None = None) -> Check:
+    """The C2PA signing certificate the release carries: present, unexpired, not near expiry."""
+    from cryptography import x509
+
+    chain = layout.current / "provenance" / "chain.pem"
+    if not chain.is_file():
+        return Check("provenance", None, "no C2PA signing certificate in this release: outputs are UNSIGNED "
+                                         "(build the bundle with --provenance)")
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        leaf = x509.load_pem_x509_certificates(chain.read_bytes())[0]
+    except (OSError, ValueError) as exc:
+        return Check("provenance", False, f"cannot read {chain}: {exc}")
+    end = leaf.not_valid_after_utc
+    who = leaf.subject.rfc4514_string()
+    if now >= end:
+        return Check("provenance", False, f"signing certificate {who} expired at {end:%Y-%m-%dT%H:%M:%SZ}: "
+                                          "outputs read as invalid; install a bundle with a new certificate")
+    left = (end - now).days
+    note = (f" WARNING: it expires in {left} days; bring a bundle with a new appliance certificate "
+            "(sealfuse provenance init)" if left < EXPIRY_WARNING_DAYS else "")
+    return Check("provenance", True, f"outputs signed as {who}, certificate valid for {left} more days.{note}")
+
+
 def check_service(layout: Layout, systemd: Systemd) -> Check:
     if not systemd.available:
         return Check("service", None, "not checked (no systemd for this root)")
@@ -252,5 +276,5 @@ def doctor(layout: Layout | None = None, systemd: Systemd | None = None) -> list
     checks = [Check("release", True, f"{record.current} at {layout.release(record.current)}")]
     checks += [check_service(layout, systemd), check_providers(layout), check_gpu(layout),
                check_models(layout), check_unit(layout), check_space(layout),
-               check_clock(layout)]
+               check_clock(layout), check_provenance(layout)]
     return checks

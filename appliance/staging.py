@@ -82,12 +82,36 @@ def build_venv(release: Path, vb: VerifiedBundle, python: str) -> None:
                         "(is the sealfuse wheel in the lock?)", venv=str(venv))
 
 
+def stage_provenance_key(release: Path) -> bool:
+    """Move the bundle's C2PA signing key and chain to <release>/provenance/: key 0400 root (the
+    tmpfiles.d `z` line hands it to user sealfuse, so only the service reads it), chain 0444."""
+    src = release / "payload" / "provenance"
+    if not src.is_dir():
+        return False
+    dir_fd = fsutil.open_dir(src, require_trusted=True)
+    try:
+        for name, mode in (("signing.key", 0o400), ("chain.pem", 0o444)):
+            fd = fsutil.open_file_at(dir_fd, name, os.O_RDONLY, where=str(src))
+            try:
+                if os.geteuid() == 0:
+                    os.fchown(fd, 0, 0)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+        os.fchmod(dir_fd, 0o755)
+    finally:
+        os.close(dir_fd)
+    os.rename(src, release / "provenance")
+    return True
+
+
 def stage_release(bundle: Path, trust: Trust, staging: Path, *, python: str,
                   allow_downgrade: bool, now: str | None, floor: str | None) -> VerifiedBundle:
     """Extract (re-verifying every byte), build the venv, lay out models read-only."""
     staging.mkdir(mode=0o755)
     vb = extract_bundle(bundle, trust, staging / "payload", floor_version=floor,
                         allow_downgrade=allow_downgrade, now=now)
+    stage_provenance_key(staging)  # while payload/ is still 0700
     os.chmod(staging / "payload", 0o755)
     build_venv(staging, vb, python)
     shutil.rmtree(staging / "payload" / "wheels", ignore_errors=True)  # installed; saves space

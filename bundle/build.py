@@ -143,6 +143,8 @@ class BuildInputs:
     hardening_dir: Path | None = Path("hardening")
     configs: Sequence[Path] = ()
     images: Sequence[Path] = ()
+    # `sealfuse provenance init`'s appliance/ dir: chain.pem + signing.key for C2PA signing
+    provenance_dir: Path | None = None
     expires_days: int = 365
     source_date_epoch: int | None = None
 
@@ -388,6 +390,10 @@ def build_bundle(inputs: BuildInputs) -> BuildResult:
         files += _tree(inputs.hardening_dir, "payload/hardening/", "hardening", warnings)
         files += [(f"payload/config/{p.name}", p, "config") for p in inputs.configs]
         files += [(f"payload/images/{p.name}", p, "image") for p in inputs.images]
+        if inputs.provenance_dir is not None:
+            from sealfuse.bundle.provenance import appliance_files
+
+            files += [(f"payload/provenance/{p.name}", p, "config") for p in appliance_files(inputs.provenance_dir)]
         inline = {
             "payload/lock.txt": (make_lock(hashed_wheels), "lock"),
             "payload/sbom.cdx.json": (make_sbom(inputs.product, inputs.version, hashed_wheels,

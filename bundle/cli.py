@@ -77,13 +77,17 @@ def _licence(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--image", "images", multiple=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Image file (e.g. container image tar), shipped as payload/images/<name>.")
+@click.option("--provenance", "provenance_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="The appliance/ directory of `sealfuse provenance init` (chain.pem, signing.key): the "
+                   "installer installs the key for C2PA signing. The bundle then holds a private key: "
+                   "handle it as confidentially as the key.")
 @click.option("--expires-days", default=365, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True)
 def build(version: str, out_dir: Path, product: str, python_version: str, platform_tag: str,
           wheelhouse: Path | None, requirements: tuple[Path, ...], pip_no_deps: bool,
           models_dir: Path | None, model_urls: tuple[str, ...], licences: tuple[str, ...],
           units_dir: Path, hardening_dir: Path, configs: tuple[Path, ...],
-          images: tuple[Path, ...], expires_days: int, as_json: bool) -> None:
+          images: tuple[Path, ...], provenance_dir: Path | None, expires_days: int, as_json: bool) -> None:
     """Build an unsigned, reproducible bundle <product>-<version>-<cpXY>-<arch>.bundle.
 
     created = SOURCE_DATE_EPOCH (default: now), expires = created + --expires-days. Building
@@ -97,7 +101,7 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
         platform_tag=platform_tag, wheelhouse=wheelhouse, requirements=requirements,
         pip_no_deps=pip_no_deps, models_dir=models_dir, model_urls=model_urls,
         licences=_licence(licences), units_dir=units_dir, hardening_dir=hardening_dir,
-        configs=configs, images=images, expires_days=expires_days)
+        configs=configs, images=images, provenance_dir=provenance_dir, expires_days=expires_days)
     try:
         result = build_bundle(inputs)
     except _ERRORS as exc:

@@ -169,6 +169,31 @@ def load_studio_ca(cert_path: Path, key_path: Path, passphrase: bytes | None = N
     return cert, key
 
 
+def appliance_files(directory: Path) -> list[Path]:
+    """chain.pem and signing.key of an appliance directory, checked to belong together."""
+    from sealfuse.bundle.errors import BuildError
+
+    chain, key = Path(directory) / CHAIN, Path(directory) / KEY
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        leaf = x509.load_pem_x509_certificates(chain.read_bytes())[0]
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BuildError(f"--provenance {directory}: needs readable {CHAIN} and an unencrypted {KEY} ({exc})",
+                         path=directory) from None
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if leaf.public_key().public_bytes(der, spki) != private.public_key().public_bytes(der, spki):  # type: ignore[union-attr]
+        raise BuildError(f"--provenance {directory}: {KEY} is not the key of {CHAIN}'s first certificate",
+                         path=directory)
+    if leaf.not_valid_after_utc <= dt.datetime.now(dt.UTC):
+        raise BuildError(f"--provenance {directory}: the appliance certificate expired on "
+                         f"{leaf.not_valid_after_utc.isoformat()}", path=directory)
+    return [chain, key]
+
+
 @dataclass
 class InitResult:
     ca_cert: Path

@@ -142,10 +142,11 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 @click.option("--label-corner", type=click.Choice(LABEL_CORNERS), default=D.label_corner, show_default=True)
 @click.option("--provenance-key", type=click.Path(path_type=Path), default=None,
               help="PEM private key (Ed25519 or ECDSA P-256) that signs the output's C2PA manifest. Default: "
-                   "$SEALFUSE_PROVENANCE_KEY, else /etc/sealfuse/provenance/signing.key when present, else unsigned.")
+                   "$SEALFUSE_PROVENANCE_KEY, else signing.key in /opt/sealfuse/current/provenance or "
+                   "/etc/sealfuse/provenance when present, else unsigned.")
 @click.option("--provenance-chain", type=click.Path(path_type=Path), default=None,
               help="PEM certificate chain of that key (appliance certificate first, then the studio CA). "
-                   "Default: $SEALFUSE_PROVENANCE_CHAIN, else /etc/sealfuse/provenance/chain.pem.")
+                   "Default: $SEALFUSE_PROVENANCE_CHAIN, else chain.pem beside the key.")
 @click.option("--require-signed", is_flag=True,
               help="Fail (exit 9) instead of writing an output without C2PA content credentials.")
 @click.option("--job-id", default=None, help="Job id recorded in the manifest. Default: a new random id.")

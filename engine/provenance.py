@@ -25,7 +25,8 @@ ASSERTION_LABEL = "org.sealfuse.swap"
 # Output formats that can carry an embedded C2PA manifest (c2pa-rs). Matroska/WebM cannot.
 SIGNABLE: dict[str, str] = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                             ".webp": "image/webp", ".mp4": "video/mp4", ".mov": "video/quicktime"}
-DEFAULT_DIR = Path("/etc/sealfuse/provenance")
+# the installed release's key (from its bundle), else one the operator put in /etc
+DEFAULT_DIRS = (Path("/opt/sealfuse/current/provenance"), Path("/etc/sealfuse/provenance"))
 KEY_FILE, CHAIN_FILE = "signing.key", "chain.pem"
 IN_MEMORY_BYTES = 64 << 20
 # Reading back never leaves the machine: no OCSP, no remote manifests.
@@ -96,13 +97,15 @@ class ProvenanceConfig:
 
     @classmethod
     def from_environment(cls, *, require: bool = False) -> ProvenanceConfig:
-        """$SEALFUSE_PROVENANCE_KEY/_CHAIN, else /etc/sealfuse/provenance/{signing.key,chain.pem} if present."""
+        """$SEALFUSE_PROVENANCE_KEY/_CHAIN, else {signing.key,chain.pem} in /opt/sealfuse/current/provenance
+        or /etc/sealfuse/provenance, whichever has a key first; else no key (unsigned)."""
         key = os.environ.get("SEALFUSE_PROVENANCE_KEY")
         chain = os.environ.get("SEALFUSE_PROVENANCE_CHAIN")
         if key or chain:
             return cls(Path(key) if key else None, Path(chain) if chain else None, require)
-        if (DEFAULT_DIR / KEY_FILE).exists():
-            return cls(DEFAULT_DIR / KEY_FILE, DEFAULT_DIR / CHAIN_FILE, require)
+        for d in DEFAULT_DIRS:
+            if (d / KEY_FILE).exists():
+                return cls(d / KEY_FILE, d / CHAIN_FILE, require)
         return cls(None, None, require)
 
     def to_dict(self) -> dict[str, Any]:

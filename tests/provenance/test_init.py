@@ -94,3 +94,40 @@ def test_provenance_verify_stays_light():
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "HEAVY=", "nothing heavy, and c2pa only when a file is read"
+
+
+def test_the_bundle_carries_the_appliance_chain_and_key(factory, tmp_path):
+    import pytest
+
+    from sealfuse.bundle.build import build_bundle
+    from sealfuse.bundle.errors import BuildError
+    from sealfuse.verifier.model import Manifest
+
+    assert _init("--out", str(tmp_path / "pki"))[0] == 0
+    appliance = tmp_path / "pki" / "appliance"
+    result = build_bundle(factory.inputs(out="prov", provenance_dir=appliance))
+    manifest = Manifest.from_bytes(tarfile_member(result.path, "manifest.json"))
+    members = {m.path: m for m in manifest.members}
+    assert members["payload/provenance/chain.pem"].sha256 == _sha256(appliance / "chain.pem")
+    assert members["payload/provenance/signing.key"].sha256 == _sha256(appliance / "signing.key")
+
+    _init("--out", str(tmp_path / "other"))
+    (appliance / "signing.key").unlink()
+    (appliance / "signing.key").write_bytes((tmp_path / "other" / "appliance" / "signing.key").read_bytes())
+    with pytest.raises(BuildError, match="is not the key of"):
+        build_bundle(factory.inputs(out="bad", provenance_dir=appliance))
+
+
+def tarfile_member(path: Path, name: str) -> bytes:
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        f = tf.extractfile(name)
+        assert f is not None
+        return f.read()
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
