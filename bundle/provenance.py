@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from sealfuse.bundle.errors import BundleError
+from sealfuse.verifier.errors import exit_code_table
 
 CA_DAYS = 3650
 APPLIANCE_DAYS = 397  # about 13 months: rotate yearly with a new bundle, one month of overlap
@@ -47,13 +48,10 @@ class StudioCAError(ProvenanceInitError):
     reason = "studio_ca_unusable"
 
 
-INIT_EXIT_CODES: dict[int, str] = {
-    0: "success: CA (if created), appliance key and chain written",
-    2: "usage error",
-    3: "ProvenanceInitError: cannot write the output directory",
-    4: "OutputExistsError: a file would be overwritten (nothing was written)",
-    5: "StudioCAError: --ca-cert/--ca-key unreadable, mismatched, expired, or not a CA",
-}
+# the --help table, generated from the classes above
+INIT_EXIT_CODES: dict[int, str] = exit_code_table(
+    [ProvenanceInitError, OutputExistsError, StudioCAError],
+    {0: "success: CA (if created), appliance key and chain written", 2: "usage error"})
 
 
 def _new_key(alg: str) -> Any:
@@ -287,7 +285,7 @@ def init_command(out_dir: Path, organization: str, appliance: str, alg: str, day
                    ca_passphrase=passphrase.encode() if passphrase else None)
     except ProvenanceInitError as exc:
         if as_json:
-            click.echo(json.dumps({"ok": False, "reason": exc.reason, **exc.to_dict()}, indent=2))
+            click.echo(json.dumps(exc.to_dict(), indent=2))
         else:
             click.echo(f"ERROR {type(exc).__name__}: {exc.message}", err=True)
         sys.exit(exc.exit_code)

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from sealfuse.verifier.errors import VerificationError
+from sealfuse.verifier.errors import VerificationError, exit_code_table
 
 ASSERTION_LABEL = "org.sealfuse.swap"
 EDIT_ACTIONS = ("c2pa.edited", "c2pa.edited.metadata", "c2pa.created")
@@ -45,21 +45,22 @@ class ReaderMissingError(ProvenanceCheckError):
 
 
 class UntrustedError(ProvenanceCheckError):
-    """The manifest is intact but its certificate does not chain to a given trust anchor (or none was given)."""
+    """Valid, untrusted: the manifest is intact, but its certificate does not chain to a given trust
+    anchor (or none was given)."""
 
     exit_code = 10
     reason = "untrusted"
 
 
 class InvalidManifestError(ProvenanceCheckError):
-    """The manifest or the content it binds was changed (a hash or signature does not match)."""
+    """Invalid: the content or its manifest was changed (a hash or signature does not match)."""
 
     exit_code = 11
     reason = "invalid"
 
 
 class NoManifestError(ProvenanceCheckError):
-    """The file carries no C2PA manifest."""
+    """Absent: the file carries no C2PA manifest."""
 
     exit_code = 12
     reason = "absent"
@@ -72,15 +73,11 @@ class UnsupportedFormatError(ProvenanceCheckError):
     reason = "unsupported_format"
 
 
-EXIT_CODES: dict[int, str] = {
-    0: "Trusted: intact, and signed by a certificate that chains to --trust-anchors",
-    2: "UnreadableFileError: the file or the trust anchors cannot be read (or usage error)",
-    3: "ReaderMissingError: c2pa-python is not installed (pip install 'sealfuse[provenance]')",
-    10: "UntrustedError: Valid but untrusted: intact, but the certificate is not from a given anchor",
-    11: "InvalidManifestError: Invalid: the content or its manifest was changed",
-    12: "NoManifestError: the file carries no C2PA manifest",
-    13: "UnsupportedFormatError: the format cannot carry a C2PA manifest",
-}
+# the --help table, generated from the classes above
+EXIT_CODES: dict[int, str] = exit_code_table(
+    [UnreadableFileError, ReaderMissingError, UntrustedError, InvalidManifestError, NoManifestError,
+     UnsupportedFormatError],
+    {0: "Trusted: intact, and signed by a certificate that chains to --trust-anchors"})
 _STATE_ERRORS: dict[str, type[ProvenanceCheckError]] = {UNTRUSTED: UntrustedError, INVALID: InvalidManifestError,
                                                         ABSENT: NoManifestError}
 
@@ -252,7 +249,7 @@ def verify(file: Path, trust_anchors: Path | None, as_json: bool, full: bool) ->
         creds = read_credentials(file, trust_anchors)
     except ProvenanceCheckError as exc:
         if as_json:
-            click.echo(json.dumps({"ok": False, "reason": exc.reason, **exc.to_dict()}, indent=2))
+            click.echo(json.dumps(exc.to_dict(), indent=2))
         else:
             click.echo(f"ERROR {type(exc).__name__}: {exc.message}", err=True)
         sys.exit(exc.exit_code)
