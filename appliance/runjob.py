@@ -149,9 +149,7 @@ def run(spool: Path, job_id: str, *, tmp_dir: Path | None = None) -> dict[str, A
                 write_json_atomic(jdir / "progress.json", {"slurm_job_id": slurm_id, **info}, mode=0o640)
 
     try:
-        from sealfuse.engine.api import Engine
-        from sealfuse.engine.errors import EngineError
-        from sealfuse.engine.options import SwapOptions
+        from sealfuse.engine import Engine, EngineError, SwapOptions
 
         try:
             engine = Engine(SwapOptions(**to_options_kwargs(request.get("engine", {}))))

@@ -13,7 +13,7 @@ from pathlib import Path
 from sealfuse.appliance import fsutil
 from sealfuse.appliance.errors import InsufficientSpaceError, PlatformMismatchError, VenvError
 from sealfuse.appliance.release import Layout, now_iso, write_atomic
-from sealfuse.engine.registry import write_lock
+from sealfuse.engine import write_lock
 from sealfuse.verifier import Trust, VerifiedBundle, extract_bundle
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sealfuse.engine.errors import ConfigError, NoFaceInTargetError, NoReferenceMatchError
+from sealfuse.engine.formats import VIDEO_EXTS as SUPPORTED_VIDEO_EXTS
 from sealfuse.engine.imageio import IMAGE_EXTS, check_output_path, read_image, write_image
 from sealfuse.engine.label import Label, check_label
 from sealfuse.engine.options import SwapOptions
@@ -21,7 +22,6 @@ from sealfuse.engine.pipeline import Models, Pipeline, make_registry
 from sealfuse.engine.provenance import Claim, Provenance, ProvenanceConfig
 
 SUPPORTED_IMAGE_EXTS = tuple(IMAGE_EXTS)
-SUPPORTED_VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
 Progress = Callable[[dict[str, Any]], None]
 
 

@@ -16,6 +16,7 @@ import click
 
 from sealfuse.engine.errors import EXIT_INTERRUPTED, EngineError, exit_code_help
 from sealfuse.engine.families import ENHANCER_FAMILIES
+from sealfuse.engine.formats import VIDEO_EXTS
 from sealfuse.engine.options import (
     EXECUTION_PROVIDERS,
     FRAME_PROCESSORS,
@@ -169,7 +170,7 @@ def swap(source: Path | None, target: Path | None, output: Path | None, as_json:
     options = SwapOptions(max_memory_gb=max_memory_gb, models_dir=models_dir or default_models_dir(), **kw)
     cancel = threading.Event()
     progress = None
-    if Path(target).suffix.lower() in (".mp4", ".mov", ".mkv", ".webm"):
+    if Path(target).suffix.lower() in VIDEO_EXTS:
         progress = progress_printer(json=as_json)
 
     def on_term(_signum: int, _frame: Any) -> None:

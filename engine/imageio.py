@@ -24,9 +24,8 @@ from sealfuse.engine.errors import (
     TruncatedMediaError,
     UnreadableInputError,
 )
+from sealfuse.engine.formats import IMAGE_FORMATS as IMAGE_EXTS
 from sealfuse.engine.fsio import atomic_write_bytes
-
-IMAGE_EXTS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 
 
 def _open_checked(path: Path) -> int:

@@ -11,12 +11,12 @@ import av
 import numpy as np
 
 from sealfuse.engine.errors import MediaTooLargeError, NotMediaError, TruncatedMediaError
+from sealfuse.engine.formats import VIDEO_EXTS
 from sealfuse.engine.imageio import _open_checked
 from sealfuse.engine.options import SwapOptions
 
 __all__ = ["MUXERS", "VIDEO_EXTS", "VideoInfo", "open_input", "probe_video"]
 
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
 MUXERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 
 

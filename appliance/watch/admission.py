@@ -18,21 +18,15 @@ from sealfuse.appliance.fsutil import bad_name
 from sealfuse.appliance.watch import errors
 from sealfuse.appliance.watch.config import MANIFEST_SCHEMA, WatchConfig, validate
 from sealfuse.appliance.watch.inbox import MANIFEST_SUFFIX
+from sealfuse.engine import IMAGE_EXTS, VIDEO_EXTS
 
 MIB = 1024 * 1024
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
 CLIENT_REF_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 
 
 def engine_extensions() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The engine's image and video extensions (the daemon can run without the engine installed)."""
-    try:
-        from sealfuse.engine import api
-
-        return tuple(api.SUPPORTED_IMAGE_EXTS), tuple(api.SUPPORTED_VIDEO_EXTS)
-    except Exception:  # the engine is imported by the worker; the daemon can run without it
-        return IMAGE_EXTS, VIDEO_EXTS
+    """The engine's image and video extensions (its one list; importing it loads no numpy)."""
+    return IMAGE_EXTS, VIDEO_EXTS
 
 
 def valid_client_ref(value: Any) -> str | None:

@@ -63,9 +63,7 @@ def main(before_job: Callable[[dict[str, Any]], None] | None = None) -> int:
     if not line:
         return 0
     init = json.loads(line)
-    from sealfuse.engine.api import Engine
-    from sealfuse.engine.errors import EngineError
-    from sealfuse.engine.options import SwapOptions
+    from sealfuse.engine import Engine, EngineError, SwapOptions
 
     t0 = time.monotonic()
     try:
