@@ -18,7 +18,8 @@ from watchlib import WatchEnv, drop_bytes, png_variant, small_mp4
 SEED = 20240611
 JOBS = 50
 MANIFEST_EVERY = 5
-VIDEO_JOBS = (7, 23, 38)  # short mp4 clips of the group photo  # every 5th job is a manifest job (source + target + manifest)
+VIDEO_JOBS = (7, 23, 38)  # short mp4 clips of the group photo, 6, 8 and 10 frames
+# every 5th other job is a manifest job (source + target + manifest)
 
 
 def _make_jobs(env: WatchEnv, staging: Path, group: Path) -> list[list[tuple[Path, bytes]]]:
@@ -72,8 +73,8 @@ def test_random_sigkills_never_lose_or_duplicate_a_job(watch_env: WatchEnv, tmp_
     kills = {"daemon": 0, "worker": 0}
     interrupted = 0
     workers_seen: set[int] = set()
-    videos_done: list[object] = []
-    killed_jobs: set[str] = set()
+    videos_done: dict[str, int] = {}
+    killed_pids: set[int] = set()
 
     def drop_some(n: int) -> None:
         for _ in range(min(n, len(pending))):
@@ -94,7 +95,7 @@ def test_random_sigkills_never_lose_or_duplicate_a_job(watch_env: WatchEnv, tmp_
             if children and busy and rng.random() < 0.03:  # now and then, kill the worker mid-job
                 children[0].send_signal(signal.SIGKILL)
                 kills["worker"] += 1
-                killed_jobs.add(busy)
+                killed_pids.add(children[0].pid)
             time.sleep(0.05)
         if _busy(env):
             interrupted += 1
@@ -117,16 +118,30 @@ def test_random_sigkills_never_lose_or_duplicate_a_job(watch_env: WatchEnv, tmp_
     # Killing the daemon only delays jobs; killing the worker (or repeating interruptions) fails one.
     assert {e["reason"] for e in failed.values()} <= {"worker_crashed", "attempts_exhausted"}
     assert len(failed_dirs) <= kills["worker"] + kills["daemon"]
-    crashed = {e["job_id"] for e in failed.values() if e["reason"] == "worker_crashed"}
-    # Only worker kills fail jobs as crashed. (Which job a kill hits can't be pinned from outside:
-    # the job read from the audit log may finish just before the signal lands.)
+    crashed = {e["job_id"]: e for e in failed.values() if e["reason"] == "worker_crashed"}
+    # Only the test's worker kills fail jobs as crashed: each crashed job last ran in a worker
+    # process this test killed, and died of SIGKILL.
     assert len(crashed) <= kills["worker"]
-    assert not crashed or killed_jobs
+    last_worker = {e["job"]: e["worker_pid"] for e in env.events("started_job")}
+    for job_id, err in crashed.items():
+        assert err["evidence"]["signal"] == "SIGKILL", err
+        assert last_worker[job_id] in killed_pids, (job_id, last_worker[job_id], killed_pids)
+    import av
+
+    frames_of = {f"v{i}.mp4": 6 + 2 * VIDEO_JOBS.index(i) for i in VIDEO_JOBS}
     for d in outbox_dirs:
         res = json.loads((d / "result.json").read_text())
         assert (d / res["output"]["name"]).stat().st_size == res["output"]["size"]
         if res["output"]["name"].endswith(".mp4"):
-            videos_done.append(res["report"].get("frames"))
+            name = res["output"]["name"]
+            with av.open(str(d / name)) as clip:
+                decoded = sum(1 for _ in clip.decode(video=0))
+            # A video interrupted any number of times still ends whole: every frame of its clip.
+            assert res["report"]["frames"] == decoded == frames_of[name], (name, res["report"], decoded)
+            videos_done[name] = decoded
+    for name in frames_of:  # each clip ended exactly once, done or failed by a kill
+        key = f"inbox/tom/{name}"
+        assert (name in videos_done) != (key in failed), key
     assert env.residue() == []
     for pid in workers_seen:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
