@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,85 @@ def remove_tree(path: Path) -> None:
         remove_tree_at(parent, path.name)
     finally:
         os.close(parent)
+
+
+# ---------------------------------------------------------------- never following links under a root
+class FollowError(OSError):
+    """A directory on the way to an entry under a checked root is a symlink, not a directory, or on
+    another filesystem: the entry is not reached (nothing is followed)."""
+
+
+_NOFOLLOW_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _check_rel(rel: str | os.PathLike[str]) -> tuple[str, ...]:
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"not a plain relative path: {os.fsdecode(rel)!r}")
+    return parts
+
+
+@contextlib.contextmanager
+def parent_fd(root: Path, rel: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """Open every directory of `rel` (relative to `root`) with O_NOFOLLOW|O_DIRECTORY from root's
+    own fd, each checked to be on root's filesystem; yield (fd of the entry's directory, entry name).
+    Raises FollowError when a directory on the way is a link, not a directory or a mount."""
+    parts = _check_rel(rel)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        dev = os.fstat(fd).st_dev
+        for part in parts[:-1]:
+            try:
+                child = os.open(part, _NOFOLLOW_DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise FollowError(exc.errno, f"{part!r} is not a directory of its own (a symlink?)",
+                                      os.fsdecode(rel)) from None
+                raise
+            os.close(fd)
+            fd = child
+            if os.fstat(fd).st_dev != dev:
+                raise FollowError(errno.EXDEV, f"{part!r} is on another filesystem", os.fsdecode(rel))
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
+def lstat_under(root: Path, rel: str | os.PathLike[str]) -> os.stat_result:
+    """lstat of root/rel without following any link on the way (FollowError) or at the end."""
+    with parent_fd(root, rel) as (fd, name):
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+
+def lexists_under(root: Path, rel: str | os.PathLike[str]) -> bool:
+    """root/rel exists (as any file type), reached without following links; False when unreachable."""
+    try:
+        lstat_under(root, rel)
+    except (FileNotFoundError, FollowError, NotADirectoryError):
+        return False
+    return True
+
+
+def readlink_under(root: Path, rel: str | os.PathLike[str]) -> str:
+    """The target of the symlink root/rel (never followed)."""
+    with parent_fd(root, rel) as (fd, name):
+        return os.fsdecode(os.readlink(name, dir_fd=fd))
+
+
+def open_under(root: Path, rel: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int:
+    """open(2) of root/rel with O_NOFOLLOW|O_CLOEXEC (and the caller's flags), no link followed."""
+    with parent_fd(root, rel) as (fd, name):
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+
+
+def listdir_under(root: Path, rel: str | os.PathLike[str]) -> list[str]:
+    """The names in directory root/rel, opened O_NOFOLLOW|O_DIRECTORY (FollowError for a link)."""
+    with parent_fd(root, Path(rel) / "_") as (fd, _name):
+        return os.listdir(fd)
+
+
+def rename_under(root: Path, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """rename(2) root/src to root/dst through directory fds: no link on either way is followed, and
+    both directories are on root's filesystem (EXDEV can still come from a bind mount: OSError)."""
+    with parent_fd(root, src) as (src_fd, src_name), parent_fd(root, dst) as (dst_fd, dst_name):
+        os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)

@@ -1,7 +1,9 @@
 """Admission: the checks a drop passes before it is claimed, returning a claim or a named rejection.
 
 Pure decisions: the only I/O is lstat of the drop's entries and one bounded, non-following,
-non-blocking read of a manifest. Nothing here moves or writes a file.
+non-blocking read of a manifest, each reached through O_NOFOLLOW directory descriptors from the
+spool root (a folder on the way that is a link raises fsutil.FollowError). Nothing here moves or
+writes a file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sealfuse.appliance.fsutil import bad_name
+from sealfuse.appliance.fsutil import (
+    bad_name,
+    lexists_under,
+    lstat_under,
+    open_under,
+    readlink_under,
+)
 from sealfuse.appliance.watch import errors
 from sealfuse.appliance.watch.config import MANIFEST_SCHEMA, WatchConfig, validate
 from sealfuse.appliance.watch.inbox import MANIFEST_SUFFIX
@@ -67,6 +75,8 @@ class Admission:
                  extensions: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> None:
         self.cfg = config
         self.inbox = inbox
+        self.root = inbox.parent
+        self._dev: int | None = None
         self.image_exts, self.video_exts = extensions or engine_extensions()
 
     @property
@@ -74,17 +84,32 @@ class Admission:
         """Every supported media extension."""
         return self.image_exts + self.video_exts
 
+    @property
+    def spool_dev(self) -> int:
+        """st_dev of the spool's filesystem."""
+        if self._dev is None:
+            self._dev = os.stat(self.root).st_dev
+        return self._dev
+
+    def lstat(self, path: Path) -> os.stat_result:
+        """lstat of a spool entry, never following a link on the way."""
+        return lstat_under(self.root, path.relative_to(self.root))
+
     def inspect(self, path: Path, *, media: bool) -> os.stat_result:
         """lstat-level checks every claimed entry passes; raises the specific DropError
-        (FileNotFoundError when the entry is gone)."""
+        (FileNotFoundError when the entry is gone, FollowError when its folder is a link)."""
         why = bad_name(path.name)
         if why:
             raise errors.BadNameError(f"the file name {ascii(path.name)} {why}", name=ascii(path.name))
-        st = os.lstat(path)
+        st = self.lstat(path)
         mode = st.st_mode
         if stat.S_ISLNK(mode):
             raise errors.SymlinkError(f"{ascii(path.name)} is a symbolic link; drop regular files only",
-                                      name=path.name, points_to=_readlink(path))
+                                      name=path.name, points_to=self._readlink(path))
+        if st.st_dev != self.spool_dev:
+            raise errors.ForeignFilesystemError(
+                f"{ascii(path.name)} is on another filesystem (a mount point); it is not moved or read",
+                name=path.name)
         if stat.S_ISFIFO(mode):
             raise errors.FifoError(f"{path.name} is a FIFO; drop regular files only", name=path.name)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -115,14 +140,17 @@ class Admission:
     def loose(self, path: Path, *, age: float) -> None:
         """A non-manifest entry directly in inbox/: a folder that is no preset, a preset folder that
         is a link, media no manifest names (after orphan_seconds). Raises the DropError."""
-        st = os.lstat(path)
+        st = self.lstat(path)
         if path.name in self.cfg.presets and not stat.S_ISDIR(st.st_mode):
             if stat.S_ISLNK(st.st_mode):
                 raise errors.SymlinkedFolderError(
                     f"inbox/{path.name} (a preset folder) is a symbolic link; it is never followed",
-                    name=path.name, points_to=_readlink(path))
+                    name=path.name, points_to=self._readlink(path))
             self.inspect(path, media=False)
             raise errors.DropError(f"inbox/{path.name} should be the preset's folder", name=path.name)
+        if stat.S_ISDIR(st.st_mode) and st.st_dev != self.spool_dev:
+            raise errors.ForeignFilesystemError(f"inbox/{path.name} is a mount point; it is not moved or read",
+                                                name=path.name)
         if stat.S_ISDIR(st.st_mode):
             raise errors.UnknownPresetError(f"inbox/{path.name} is a directory but no preset of that name "
                                             "is configured", name=path.name, presets=sorted(self.cfg.presets))
@@ -144,7 +172,7 @@ class Admission:
         if st.st_size > limit:
             raise errors.ManifestTooLargeError(f"{path.name} is {st.st_size} bytes; manifests are at most "
                                                f"{limit}", name=path.name, size=st.st_size, limit=limit)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_under(self.root, path.relative_to(self.root), os.O_RDONLY | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise errors.DropError(f"{path.name} changed into a non-regular file", name=path.name)
@@ -186,7 +214,7 @@ class Admission:
                                                            name=path.name, role=role)
             waiting = []  # media must be present and whole before anything is claimed
             for media in named.values():
-                if not os.path.lexists(media):
+                if not lexists_under(self.root, media.relative_to(self.root)):
                     waiting.append(media.name)
                     continue
                 self.inspect(media, media=True)
@@ -203,7 +231,7 @@ class Admission:
             return verdict
         except errors.DropError as err:
             verdict.rejection = err
-            present = [p for p in verdict.named if os.path.lexists(p)]
+            present = [p for p in verdict.named if lexists_under(self.root, p.relative_to(self.root))]
             verdict.reject_paths = [path, *dict.fromkeys(sorted(present))]
             return verdict
         preset_opts = self.cfg.presets[doc["preset"]].options if doc.get("preset") else {}
@@ -211,6 +239,12 @@ class Admission:
                                      {**preset_opts, **doc.get("options", {})}, doc.get("label"),
                                      verdict.client_ref)
         return verdict
+
+    def _readlink(self, path: Path) -> str:
+        try:
+            return ascii(readlink_under(self.root, path.relative_to(self.root)))
+        except OSError:
+            return "?"
 
     def _named_media(self, path: Path, doc: dict[str, Any]) -> tuple[set[Path], errors.DropError | None]:
         """The acceptable names the manifest gives, and the error for the first that escapes the
@@ -232,10 +266,3 @@ class Admission:
 
 def _roles(doc: dict[str, Any]) -> list[tuple[str, str]]:
     return [(role, doc[role]) for role in ("source", "target", "reference") if role in doc]
-
-
-def _readlink(path: Path) -> str:
-    try:
-        return ascii(os.readlink(path))
-    except OSError:
-        return "?"

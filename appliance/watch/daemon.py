@@ -10,7 +10,6 @@ import hashlib
 import os
 import select
 import signal
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from sealfuse import __version__
 from sealfuse.appliance.audit import AuditLog
-from sealfuse.appliance.fsutil import rmtree_quiet, sha256_file
+from sealfuse.appliance.fsutil import FollowError, lexists_under, rmtree_quiet, sha256_file
 from sealfuse.appliance.metrics import Metrics
 from sealfuse.appliance.sdnotify import Notifier
 from sealfuse.appliance.watch import errors
@@ -143,14 +142,9 @@ class Daemon:
                                 (paths.failed, 0o750), (paths.status, 0o750), (paths.state, 0o700)):
             directory.mkdir(parents=True, exist_ok=True, mode=mode)
         paths.inbox.mkdir(parents=True, exist_ok=True, mode=0o770)
-        inbox_st = os.stat(paths.inbox)
         for name, preset in self.cfg.presets.items():
-            folder = paths.inbox / name
-            if not os.path.lexists(folder):
-                folder.mkdir(mode=0o700)
-                os.chmod(folder, stat.S_IMODE(inbox_st.st_mode))
-                with contextlib.suppress(PermissionError):
-                    os.chown(folder, -1, inbox_st.st_gid)
+            if not os.path.lexists(paths.inbox / name):  # a link or file there is quarantined, not used
+                self.watcher.make_preset_dir(name)
             for what, src in (("source", preset.source), ("reference", preset.reference)):
                 if src is not None and not src.is_file():
                     raise errors.ConfigError(f"preset {name!r}: {what} face image {src} is not a readable file")
@@ -187,9 +181,10 @@ class Daemon:
             os.close(fd)
             raise errors.SpoolLockedError(f"another sealfuse watch daemon is running on {self.paths.spool} "
                                           f"(it holds {path}); one daemon per spool", path=str(path)) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        with contextlib.suppress(OSError):  # the pid is for people; a full disk must not stop a start
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self.stopping:
@@ -240,10 +235,12 @@ class Daemon:
         seen = self.watcher.tracks[path].seen_wall
         try:
             decide(path)
-        except FileNotFoundError:
-            self.watcher.forget(path)
+        except (FileNotFoundError, FollowError):
+            self.watcher.forget(path)  # gone, or its folder became a link (judged as an entry itself)
         except errors.DropError as err:
             self._quarantine([path], err, seen=seen)
+        except OSError as exc:
+            self._refuse([path], exc)
 
     def _evaluate_manifest(self, manifest: Path) -> set[Path]:
         seen = self.watcher.tracks[manifest].seen_wall
@@ -253,7 +250,11 @@ class Daemon:
                 self.watcher.touch(media, complete=False)
             return self.watcher.stable(media)
 
-        verdict = self.admission.manifest(manifest, age=self.watcher.age(manifest), stable=stable)
+        try:
+            verdict = self.admission.manifest(manifest, age=self.watcher.age(manifest), stable=stable)
+        except OSError as exc:
+            self._refuse([manifest], exc)
+            return set()
         if verdict.gone:
             self.watcher.forget(manifest)
         elif verdict.rejection is not None:
@@ -265,16 +266,37 @@ class Daemon:
     def _quarantine(self, paths: list[Path], err: errors.DropError, *, seen: str,
                     client_ref: str | None = None) -> None:
         assert self.book is not None
-        for path in paths:
-            self.watcher.forget(path)
         self.book.quarantine_drop(paths, err, seen=seen, client_ref=client_ref)
+        self._settle(paths)
+
+    def _settle(self, paths: list[Path]) -> None:
+        """Entries gone from the inbox are forgotten; entries still there (they could not be moved)
+        are refused until they change."""
+        for path in paths:
+            if lexists_under(self.paths.spool, path.relative_to(self.paths.spool)):
+                self.watcher.refuse(path)
+            else:
+                self.watcher.forget(path)
+                if path.parent == self.paths.inbox and path.name in self.cfg.presets:
+                    self.watcher.restore_preset(path.name)
+
+    def _refuse(self, paths: list[Path], exc: OSError) -> None:
+        """An entry the daemon cannot handle now (e.g. disk full): audited once, left where it is."""
+        self.audit.append("drop_refused", drop=[self._rel(p) for p in paths], errno=exc.errno,
+                          error=str(exc))
+        for path in paths:
+            self.watcher.refuse(path)
 
     def _claim(self, request: Any) -> None:
         assert self.book is not None
         seen = self.watcher.tracks[request.files[0][1]].seen_wall
-        for _role, path in request.files:
-            self.watcher.forget(path)
-        self.book.claim(request, seen=seen)
+        paths = [path for _role, path in request.files]
+        try:
+            self.book.claim(request, seen=seen)
+        except OSError as exc:
+            self._refuse(paths, exc)
+            return
+        self._settle(paths)
 
     # ---------------------------------------------------------------- running
     def dispatch(self) -> None:

@@ -6,6 +6,7 @@ after writing, renamed in, or unchanged for `stable_seconds`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -17,7 +18,10 @@ from pathlib import Path
 from inotify_simple import INotify
 from inotify_simple import flags as inotify_flags
 
+from sealfuse.appliance.fsutil import FollowError, listdir_under, lstat_under
+
 MANIFEST_SUFFIX = ".job.json"
+REFUSED_RETRY_SECONDS = 60.0  # an entry the daemon could not handle is judged again after this
 WATCH_FLAGS = (inotify_flags.CLOSE_WRITE | inotify_flags.MOVED_TO | inotify_flags.CREATE
                | inotify_flags.MODIFY | inotify_flags.ATTRIB | inotify_flags.MOVED_FROM
                | inotify_flags.DELETE | inotify_flags.DELETE_SELF | inotify_flags.DONT_FOLLOW
@@ -48,15 +52,18 @@ class Track:
 class InboxWatcher:
     """Tracks the entries of inbox/ and of each preset folder inbox/<preset>/.
 
-    `on_new(path)` is called once per new entry (the daemon audits it). Preset folders are
-    watched with IN_DONT_FOLLOW|IN_ONLYDIR, so a preset folder replaced by a symlink is not
-    followed by inotify either.
+    `on_new(path)` is called once per new entry (the daemon audits it). Nothing is followed:
+    preset folders are listed through O_NOFOLLOW|O_DIRECTORY descriptors and watched with
+    IN_DONT_FOLLOW|IN_ONLYDIR; a preset folder that is not a real directory of the spool's
+    filesystem (a symlink, a file) is tracked as an inbox entry instead, to be quarantined.
     """
 
     def __init__(self, inbox: Path, presets: Iterable[str], stable_seconds: float,
                  on_new: Callable[[Path], None] | None = None) -> None:
         self.inbox = inbox
+        self.root = inbox.parent
         self.presets = set(presets)
+        self.refused: dict[Path, tuple[tuple[int, ...], float]] = {}
         self.stable_seconds = stable_seconds
         self.on_new = on_new
         self.tracks: dict[Path, Track] = {}
@@ -90,25 +97,63 @@ class InboxWatcher:
             self.inotify.close()
             self.inotify = None
 
+    def _rel(self, path: Path) -> Path:
+        return path.relative_to(self.root)
+
     def is_preset_dir(self, path: Path) -> bool:
-        """inbox/<preset> itself (the folder, not an entry to judge) when it is a real directory."""
+        """inbox/<preset> itself (the folder, not an entry to judge) when it is a real directory on
+        the spool's filesystem."""
         if path.parent != self.inbox or path.name not in self.presets:
             return False
         try:
-            return stat.S_ISDIR(os.lstat(path).st_mode)
-        except FileNotFoundError:
+            st = lstat_under(self.root, self._rel(path))
+            return stat.S_ISDIR(st.st_mode) and st.st_dev == os.lstat(self.inbox).st_dev
+        except (FileNotFoundError, FollowError):
             return False
+
+    def make_preset_dir(self, name: str) -> None:
+        """Create inbox/<name> (missing) with the inbox's mode and group, set through its own fd."""
+        inbox_st = os.stat(self.inbox)
+        fd = os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.mkdir(name, mode=0o700, dir_fd=fd)
+            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except FileExistsError:
+            return
+        finally:
+            os.close(fd)
+        try:
+            os.fchmod(sub, stat.S_IMODE(inbox_st.st_mode))
+            with contextlib.suppress(PermissionError):
+                os.fchown(sub, -1, inbox_st.st_gid)
+        finally:
+            os.close(sub)
+
+    def restore_preset(self, name: str) -> None:
+        """Make inbox/<name> again (and watch it) when it is missing (quarantined or removed)."""
+        if not os.path.lexists(self.inbox / name):
+            self.make_preset_dir(name)
+            self._watch(self.inbox / name)
+
+    def refuse(self, path: Path) -> None:
+        """The daemon could not handle this entry (it stays where it is): leave it alone until it
+        changes or REFUSED_RETRY_SECONDS pass."""
+        track = self.tracks.pop(path, None)
+        if track is not None:
+            self.refused[path] = (track.sig, time.monotonic())
 
     def scan(self) -> None:
         """Full listing: discovers entries inotify missed and refreshes stability."""
         self.last_scan = time.monotonic()
         seen: set[Path] = set()
+        for name in sorted(self.presets):
+            self.restore_preset(name)
         for directory in [self.inbox] + [self.inbox / n for n in sorted(self.presets)]:
             if directory != self.inbox and not self.is_preset_dir(directory):
-                continue  # missing, or not a real directory (judged as an inbox entry instead)
+                continue  # not a real directory: judged as an inbox entry instead
             try:
-                names = os.listdir(directory)
-            except (FileNotFoundError, NotADirectoryError):
+                names = listdir_under(self.root, self._rel(directory))
+            except (FileNotFoundError, NotADirectoryError, FollowError):
                 continue
             for name in names:
                 path = directory / name
@@ -119,18 +164,26 @@ class InboxWatcher:
         for path in list(self.tracks):
             if path not in seen:
                 del self.tracks[path]
+        for path in list(self.refused):
+            if path not in seen:
+                del self.refused[path]
 
     def touch(self, path: Path, *, complete: bool, modified: bool = False) -> None:
         """Record (or refresh) an entry; `complete` marks it whole (closed or renamed in)."""
         if ignored(path.name):
             return
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            self.tracks.pop(path, None)
+            st = lstat_under(self.root, self._rel(path))
+        except (FileNotFoundError, NotADirectoryError, FollowError):
+            self.tracks.pop(path, None)  # gone, or its folder is a link now (judged as an entry)
             return
         now = time.monotonic()
         sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode, st.st_nlink)
+        refused = self.refused.get(path)
+        if refused is not None:
+            if refused[0] == sig and now - refused[1] < REFUSED_RETRY_SECONDS:
+                return
+            del self.refused[path]
         track = self.tracks.get(path)
         if track is None:
             track = self.tracks[path] = Track(first_seen=now, sig=sig, since=now)
@@ -178,15 +231,18 @@ class InboxWatcher:
             if directory == self.inbox and event.name in self.presets:
                 self._preset_changed(path)
                 continue
+            if directory != self.inbox and not self.is_preset_dir(directory):
+                continue  # an old watch on a folder that was moved away or replaced
             if event.mask & (inotify_flags.DELETE | inotify_flags.MOVED_FROM):
                 self.tracks.pop(path, None)
+                self.refused.pop(path, None)
             elif event.mask & (inotify_flags.CLOSE_WRITE | inotify_flags.MOVED_TO):
                 self.touch(path, complete=True)
             elif event.mask & inotify_flags.CREATE:
                 # Links, FIFOs, device nodes and directories are whole when created.
                 try:
-                    special = not stat.S_ISREG(os.lstat(path).st_mode)
-                except FileNotFoundError:
+                    special = not stat.S_ISREG(lstat_under(self.root, self._rel(path)).st_mode)
+                except (FileNotFoundError, NotADirectoryError, FollowError):
                     continue
                 self.touch(path, complete=special)
             elif event.mask & (inotify_flags.MODIFY | inotify_flags.ATTRIB):
@@ -195,10 +251,15 @@ class InboxWatcher:
     def _preset_changed(self, path: Path) -> None:
         """inbox/<preset> was created, replaced or removed: watch it again if it is a real folder,
         otherwise track it as an entry (a symlink or a file there is quarantined)."""
+        for wd, directory in list(self.wds.items()):
+            if directory == path:  # the watch follows the old inode: drop it, watch afresh
+                del self.wds[wd]
+                with contextlib.suppress(OSError):
+                    assert self.inotify is not None
+                    self.inotify.rm_watch(wd)
         if self.is_preset_dir(path):
             self.tracks.pop(path, None)
-            if path not in self.wds.values():
-                self._watch(path)
+            self._watch(path)
         elif os.path.lexists(path):
             self.touch(path, complete=True)
         else:

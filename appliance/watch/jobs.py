@@ -44,11 +44,13 @@ class JobBook:
 
     # ---------------------------------------------------------------- intake
     def claim(self, request: ClaimRequest, *, seen: str) -> Job | None:
-        """Claim an admitted drop into work/ and admit the job (None: the producer took it back)."""
-        record = spool.claim(self.root, request.files, kind=request.kind, preset=request.preset,
-                             options=request.options, label=request.label, client_ref=request.client_ref,
-                             seen=seen)
-        if record is None:
+        """Claim an admitted drop into work/ and admit the job (None: the producer took a file back).
+        Any other failed move is raised (OSError) with the drop left where it was."""
+        try:
+            record = spool.claim(self.root, request.files, kind=request.kind, preset=request.preset,
+                                 options=request.options, label=request.label,
+                                 client_ref=request.client_ref, seen=seen)
+        except FileNotFoundError:
             return None
         self.audit.append("claimed", job=record["job_id"], kind=request.kind, preset=request.preset,
                           drop=[f["from"] for f in record["files"]], seen=seen)

@@ -10,6 +10,7 @@ second commit finds no claim.json and stops), then renames the staged folder int
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from typing import Any
 from sealfuse.appliance.fsutil import (
     copy_durable,
     fsync_dir,
+    lexists_under,
+    rename_under,
     rmtree_quiet,
     safe_name,
     sha256_file,
@@ -30,6 +33,7 @@ from sealfuse.appliance.fsutil import (
 from sealfuse.appliance.watch import errors
 from sealfuse.appliance.watch.inbox import MANIFEST_SUFFIX, utcnow
 
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 STAGING = re.compile(r"^\.(?P<job>[A-Za-z0-9_-]+?)(?:\.(?P<tag>[0-9a-f]{8}))?\.tmp$")
 TOKEN = re.compile(r"^commit-(?P<outcome>done|failed)-(?P<tag>[0-9a-f]{8})\.json$")
 
@@ -236,15 +240,20 @@ def finish_quarantine(spool: Path, staging: Path) -> dict[str, Any] | None:
         return None
     doc = json.loads(err_file.read_text())
     for item in doc.get("inputs", []):
-        src = spool / item["from"]
-        if not os.path.lexists(src):
+        if not lexists_under(spool, item["from"]):
             continue
         if item.get("discard"):
-            rmtree_quiet(src)
+            rmtree_quiet(spool / item["from"])  # only claimed files (work/<id>/in/...) are discarded
             continue
         (staging / "input").mkdir(mode=0o750, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(src, staging / "input" / item["name"])
+        try:
+            rename_under(spool, item["from"], _rel(spool, staging / "input" / item["name"]))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            if exc.errno in _DISK_ERRNOS:
+                raise
+            # A mount point, a cross-device entry or a folder that became a link: left where it is.
     fsync_dir(staging)
     final = spool / "failed" / match["job"]
     if final.exists():
@@ -256,34 +265,45 @@ def finish_quarantine(spool: Path, staging: Path) -> dict[str, Any] | None:
 
 
 def claim(spool: Path, request_files: list[tuple[str, Path]], *, kind: str, preset: str | None,
-          options: dict[str, Any], label: str | None, client_ref: str | None, seen: str) -> dict[str, Any] | None:
+          options: dict[str, Any], label: str | None, client_ref: str | None, seen: str) -> dict[str, Any]:
     """Claim a drop: work/<id>/claim.json first (fsynced), then the files renamed into work/<id>/in/
-    (media first, manifest last). None when the producer took a file back meanwhile (undone)."""
+    (media first, manifest last). A failed move (FileNotFoundError: the producer took a file back)
+    is undone and re-raised."""
     main = request_files[0][1]
     stem = main.name[: -len(MANIFEST_SUFFIX)] if kind == "manifest" else main.stem
     job_id = new_job_id(stem)
     wdir = spool / "work" / job_id
-    (wdir / "in").mkdir(parents=True, mode=0o700)
     names: dict[Path, str] = {}
     for _role, path in request_files:
         names.setdefault(path, path.name)
+    try:
+        (wdir / "in").mkdir(parents=True, mode=0o700)
+    except OSError:
+        rmtree_quiet(wdir)
+        raise
     record = {
         "job_id": job_id, "kind": kind, "preset": preset, "label": label, "options": options,
         "client_ref": client_ref, "roles": {role: names[path] for role, path in request_files},
         "files": [{"name": n, "from": _rel(spool, p)} for p, n in names.items()],
         "seen": seen, "claimed": utcnow(),
     }
-    write_json_atomic(wdir / "claim.json", record, mode=0o600)
-    moved: list[tuple[Path, Path]] = []
+    try:
+        write_json_atomic(wdir / "claim.json", record, mode=0o600)
+    except OSError:
+        rmtree_quiet(wdir)
+        raise
+    moved: list[tuple[str, str]] = []
     try:
         for path, name in sorted(names.items(), key=lambda kv: kv[0] == main):
-            os.rename(path, wdir / "in" / name)
-            moved.append((path, wdir / "in" / name))
-    except FileNotFoundError:  # the producer took a file back: undo, decide again later
+            src, dst = _rel(spool, path), _rel(spool, wdir / "in" / name)
+            rename_under(spool, src, dst)
+            moved.append((src, dst))
+    except OSError:  # the producer took a file back (or its folder became a link): undo
         for orig, now in reversed(moved):
-            os.rename(now, orig)
+            with contextlib.suppress(OSError):
+                rename_under(spool, now, orig)
         rmtree_quiet(wdir)
-        return None
+        raise
     fsync_dir(wdir / "in")
     return record
 
@@ -294,9 +314,8 @@ def complete_claim(spool: Path, record: dict[str, Any], wdir: Path) -> list[str]
     for item in record["files"]:
         dst = wdir / "in" / item["name"]
         if not os.path.lexists(dst):
-            src = spool / item["from"]
-            if os.path.lexists(src):
-                os.rename(src, dst)
+            if lexists_under(spool, item["from"]):
+                rename_under(spool, item["from"], _rel(spool, dst))
             else:
                 missing.append(item["from"])
     return missing
@@ -306,13 +325,15 @@ def requeue(spool: Path, job: Job) -> bool:
     """Hand a claimed job back to the inbox (media first, manifest last) and remove work/<id>/.
     False (left in work/ for the next start) when a file of the same name is back in the inbox."""
     files = sorted(job.claim["files"], key=lambda f: f["from"].endswith(MANIFEST_SUFFIX))
-    for item in files:
-        src = job.wdir / "in" / item["name"]
-        dst = spool / item["from"]
-        if os.path.lexists(dst):
-            return False
-        if os.path.lexists(src):
-            os.rename(src, dst)
+    try:
+        for item in files:
+            src = job.wdir / "in" / item["name"]
+            if lexists_under(spool, item["from"]):
+                return False
+            if os.path.lexists(src):
+                rename_under(spool, _rel(spool, src), item["from"])
+    except OSError:  # e.g. its preset folder is a link now: the next start recovers it
+        return False
     rmtree_quiet(job.wdir)
     return True
 
