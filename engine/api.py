@@ -18,7 +18,7 @@ from sealfuse.engine.formats import VIDEO_EXTS as SUPPORTED_VIDEO_EXTS
 from sealfuse.engine.imageio import IMAGE_EXTS, check_output_path, read_image, write_image
 from sealfuse.engine.label import Label, check_label
 from sealfuse.engine.options import SwapOptions
-from sealfuse.engine.pipeline import Models, Pipeline, make_registry
+from sealfuse.engine.pipeline import Models, Pipeline, SourceArg, make_registry
 from sealfuse.engine.provenance import Claim, Provenance, ProvenanceConfig
 
 SUPPORTED_IMAGE_EXTS = tuple(IMAGE_EXTS)
@@ -45,29 +45,35 @@ class Engine:
         key = (options.face_detector_model, options.face_swapper_model, options.face_recognizer_model,
                (options.face_enhancer_model, options.face_enhancer_weight)
                if "face_enhancer" in options.frame_processors else None,
-               "region" in options.face_mask_types, options.face_selector_mode == "reference",
+               "region" in options.face_mask_types,
+               options.face_selector_mode == "reference" or bool(options.face_map),
                options.face_detector_score)
         with self._lock:
             if key not in self._models:
                 self._models[key] = Models(options, self.registry)
             return self._models[key]
 
-    def swap_file(self, source: Path, target: Path, output: Path, options: SwapOptions | None = None, *,
+    def swap_file(self, source: SourceArg | None, target: Path, output: Path, options: SwapOptions | None = None, *,
                   progress: Progress | None = None, cancel: threading.Event | None = None,
                   job_id: str | None = None) -> dict[str, Any]:
         opts = options or self.options
         if opts.models_dir != self.options.models_dir or opts.execution_providers != self.options.execution_providers:
             opts = replace(opts, models_dir=self.options.models_dir,
                            execution_providers=self.options.execution_providers)
-        return swap_file(Path(source), Path(target), Path(output), opts, models=self.models_for(opts),
+        src = [Path(s) for s in source] if isinstance(source, list | tuple) else source
+        src = Path(src) if isinstance(src, str) else src
+        return swap_file(src, Path(target), Path(output), opts, models=self.models_for(opts),
                          progress=progress, cancel=cancel, provenance=self.provenance, job_id=job_id)
 
 
-def swap_file(source: Path, target: Path, output: Path, options: SwapOptions, *,
+def swap_file(source: SourceArg | None, target: Path, output: Path, options: SwapOptions, *,
               models: Models | None = None, progress: Progress | None = None,
               cancel: threading.Event | None = None, provenance: Provenance | None = None,
               job_id: str | None = None) -> dict[str, Any]:
     """Swap faces from `source` into the image or video `target`, writing `output` atomically.
+
+    `source` may be several images of one person (their embeddings are averaged into one identity),
+    or None when `options.face_map` gives each reference face its own source.
 
     The output is signed with C2PA content credentials inside the atomic write when `provenance`
     has a key; the report's `provenance` says whether it was, the manifest id and the output sha256.
@@ -104,7 +110,7 @@ def swap_file(source: Path, target: Path, output: Path, options: SwapOptions, *,
     else:
         report = swap_image(pipeline, target, output, before_commit=before_commit)
     report.update({
-        "source": str(source), "target": str(target), "output": str(output),
+        "source": _source_text(source), "target": str(target), "output": str(output),
         **pipeline.describe(),
         "timings_ms": {**report.get("timings_ms", {}), **pipeline.timer.as_dict(),
                        "total": round((time.perf_counter() - t_start) * 1000, 2)},
@@ -122,11 +128,16 @@ def swap_image(pipeline: Pipeline, target: Path, output: Path, *,
     faces = pipeline.detect(frame)
     if not faces:
         raise NoFaceInTargetError(f"no face found in the target image {target}", target=target)
+    if pipeline.mappings:
+        faces = pipeline.embed(frame, faces)
     selected = pipeline.select(faces, frame)
     if not selected:
+        what = "any --face-map reference face" if pipeline.mappings else "the reference face"
+        distances = ([pipeline.mapping_of(f)["distance"] for f in faces] if pipeline.mappings
+                     else pipeline.reference_distances(faces))
         raise NoReferenceMatchError(
-            f"no face in {target} is within distance {pipeline.options.reference_face_distance} of the reference face",
-            target=target, distances=pipeline.reference_distances(faces))
+            f"no face in {target} is within distance {pipeline.options.reference_face_distance} of {what}",
+            target=target, distances=distances)
     out = pipeline.render(frame, selected)
     if pipeline.options.label:
         with timer.stage("label"):
@@ -137,9 +148,18 @@ def swap_image(pipeline: Pipeline, target: Path, output: Path, *,
     return {
         "kind": "image",
         "width": int(frame.shape[1]), "height": int(frame.shape[0]),
-        "faces": [dict(f.to_dict(), selected=any(f is s or np_equal(f, s) for s in selected)) for f in faces],
+        "faces": [dict(f.to_dict(), selected=any(f is s or np_equal(f, s) for s in selected), **pipeline.mapping_of(f))
+                  for f in faces],
         "bytes_written": written,
     }
+
+
+def _source_text(source: SourceArg | None) -> str | list[str] | None:
+    if source is None:
+        return None
+    if isinstance(source, list | tuple):
+        return [str(s) for s in source]
+    return str(source)
 
 
 def np_equal(a: Any, b: Any) -> bool:

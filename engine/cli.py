@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from sealfuse.engine.errors import EXIT_INTERRUPTED, EngineError, exit_code_help
+from sealfuse.engine.facemap import parse_face_map
 from sealfuse.engine.families import ENHANCER_FAMILIES
 from sealfuse.engine.formats import VIDEO_EXTS
 from sealfuse.engine.options import (
@@ -78,9 +79,15 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 
 
 @click.command(epilog=f"Exit codes:\n\n{EXIT_HELP}", context_settings={"max_content_width": 100})
-@click.option("-s", "--source", type=click.Path(path_type=Path), default=None,
-              help="Image with the face to put in (the largest face is used if it has several). "
+@click.option("-s", "--source", "sources", type=click.Path(path_type=Path), multiple=True,
+              help="Image with the face to put in (the largest face is used if it has several). Give it "
+                   "several times for several images of one person: their embeddings are averaged into one "
+                   "identity and the report says how alike they were. "
                    "Default: the sample portrait Tom_Hanks_54745.png shipped with insightface.")
+@click.option("--face-map", "face_map", multiple=True, metavar="REFERENCE=SOURCE",
+              help="Repeatable. Each target face is matched to the nearest REFERENCE face (cosine distance "
+                   "under --reference-face-distance) and gets that reference's SOURCE; unmatched faces stay "
+                   "untouched. In video the match is made per track. Needs a face recognizer; replaces --source.")
 @click.option("-t", "--target", type=click.Path(path_type=Path), default=None,
               help="Image (jpg, png, webp) or video (mp4, mov, mkv, webm) to change. "
                    "Default: the six-face sample photo t1.jpg shipped with insightface.")
@@ -152,7 +159,8 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
               help="Fail (exit 9) instead of writing an output without C2PA content credentials.")
 @click.option("--job-id", default=None, help="Job id recorded in the manifest. Default: a new random id.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report (or error) on stdout.")
-def swap(source: Path | None, target: Path | None, output: Path | None, as_json: bool,
+def swap(sources: tuple[Path, ...], face_map: tuple[str, ...], target: Path | None, output: Path | None,
+         as_json: bool,
          max_memory_gb: float | None, models_dir: Path | None, provenance_key: Path | None,
          provenance_chain: Path | None, require_signed: bool, job_id: str | None, **kw: Any) -> None:
     """Swap the face from SOURCE into every selected face of TARGET.
@@ -161,13 +169,22 @@ def swap(source: Path | None, target: Path | None, output: Path | None, as_json:
     sha256 pins before any session is created. With no arguments, swaps the sample portrait into
     the sample group photo and writes ./sealfuse-swap.jpg.
     """
-    if source is None or target is None:
+    if face_map and sources:
+        raise click.UsageError("give --source or --face-map, not both (with a face map, unmatched faces stay "
+                               "untouched)")
+    source: list[Path] | None = list(sources) or None
+    if (source is None and not face_map) or target is None:
         samples = sample_images()
-        source = source or samples / "Tom_Hanks_54745.png"
+        source = source or ([samples / "Tom_Hanks_54745.png"] if not face_map else None)
         target = target or samples / "t1.jpg"
     if output is None:
         output = Path(f"sealfuse-swap{Path(target).suffix.lower()}")
-    options = SwapOptions(max_memory_gb=max_memory_gb, models_dir=models_dir or default_models_dir(), **kw)
+    try:
+        mapping = parse_face_map(face_map)
+    except EngineError as exc:
+        raise click.BadParameter(exc.message, param_hint="--face-map") from None
+    options = SwapOptions(max_memory_gb=max_memory_gb, models_dir=models_dir or default_models_dir(),
+                          face_map=mapping, **kw)
     cancel = threading.Event()
     progress = None
     if Path(target).suffix.lower() in VIDEO_EXTS:
@@ -187,7 +204,8 @@ def swap(source: Path | None, target: Path | None, output: Path | None, as_json:
             pconfig = ProvenanceConfig(provenance_key, provenance_chain, require_signed)
         else:
             pconfig = ProvenanceConfig.from_environment(require=require_signed)
-        report = swap_file(source, target, output, options, progress=progress, cancel=cancel,
+        one = source[0] if source and len(source) == 1 else source
+        report = swap_file(one, target, output, options, progress=progress, cancel=cancel,
                            provenance=Provenance(pconfig), job_id=job_id)
     except EngineError as exc:
         if as_json:

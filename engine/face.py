@@ -15,6 +15,7 @@ class Face:
     embedding: np.ndarray | None = None  # raw recognizer output (512,), when computed
     track_id: int | None = None  # stable id across video frames, when tracked
     mesh: np.ndarray | None = None  # float32 (468, 3): FaceMesh x, y in image pixels, z relative depth (same scale)
+    source_id: int | None = None  # face mapping: index of the mapped source this face gets, when matched
 
     @property
     def normed_embedding(self) -> np.ndarray | None:

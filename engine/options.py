@@ -48,6 +48,9 @@ class SwapOptions:
     face_selector_mode: str = "many"
     reference_face_image: Path | None = None
     reference_face_distance: float = 0.6
+    # Face mapping: (reference image, source image) pairs; each target face gets the source of its
+    # nearest reference (under reference_face_distance), unmatched faces stay untouched.
+    face_map: tuple[tuple[Path, Path], ...] = ()
     execution_providers: tuple[str, ...] = ("cuda", "cpu")
     execution_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_memory_gb: float | None = None

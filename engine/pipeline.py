@@ -7,244 +7,44 @@ threads at once (ONNX Runtime sessions are, and per-call state stays on the stac
 
 from __future__ import annotations
 
-import hashlib
-import threading
-import time
-from collections import OrderedDict, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sealfuse.engine import masks as masklib
-from sealfuse.engine.detect_blazeface import BlazeFaceDetector
-from sealfuse.engine.detect_facemesh import FaceMesher
-from sealfuse.engine.errors import (
-    ConfigError,
-    ModelMissingError,
-    NoFaceInSourceError,
-)
+from sealfuse.engine.errors import ConfigError, NoFaceInSourceError
 from sealfuse.engine.face import Face
-from sealfuse.engine.families import (
-    ENHANCER_FAMILIES,
-    ArcFaceFamily,
-    MTCNNFamily,
-    RestorerFamily,
-    SCRFDFamily,
-)
+from sealfuse.engine.facemap import Mapping, TrackMapper, consistency, nearest
 from sealfuse.engine.imageio import read_image
-from sealfuse.engine.options import FRAME_PROCESSORS, MASK_TYPES, SELECTOR_MODES, SwapOptions
-from sealfuse.engine.providers import resolve_providers
-from sealfuse.engine.registry import CATALOG, ModelRegistry
-from sealfuse.engine.swappers import Source, Swapper, array_key, family_of
+from sealfuse.engine.models import (  # re-exported: callers import them from the pipeline
+    Models,
+    StageTimer,
+    _digest,
+    make_registry,
+    validate,
+)
+from sealfuse.engine.options import SwapOptions
+from sealfuse.engine.registry import ModelRegistry
+from sealfuse.engine.swappers import Source, array_key
+from sealfuse.engine.track import TrackSelector
 from sealfuse.engine.warp import paste_back
 
 Touched = tuple[tuple[int, int, int, int], np.ndarray]
+SourceArg = Path | np.ndarray | list[Path] | tuple[Path, ...]
+# Below this pairwise cosine similarity, several source images probably show different people.
+LOW_SOURCE_SIMILARITY = 0.3
+
+__all__ = ["LOW_SOURCE_SIMILARITY", "Models", "Pipeline", "SourceArg", "StageTimer", "Touched", "make_registry",
+           "validate"]
 
 
-class StageTimer:
-    """Milliseconds spent per stage, summed over calls (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._ms: dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            dt = (time.perf_counter() - t0) * 1000.0
-            with self._lock:
-                self._ms[name] += dt
-
-    def as_dict(self) -> dict[str, float]:
-        with self._lock:
-            return {k: round(v, 2) for k, v in self._ms.items()}
-
-
-def validate(options: SwapOptions) -> None:
-    bad = [p for p in options.frame_processors if p not in FRAME_PROCESSORS]
-    if bad or not options.frame_processors:
-        raise ConfigError(f"unknown frame processor {bad}; choose from {', '.join(FRAME_PROCESSORS)}")
-    bad = [m for m in options.face_mask_types if m not in MASK_TYPES]
-    if bad or not options.face_mask_types:
-        raise ConfigError(f"unknown face mask type {bad}; choose from {', '.join(MASK_TYPES)}")
-    if options.face_selector_mode not in SELECTOR_MODES:
-        raise ConfigError(f"unknown face selector mode {options.face_selector_mode!r}")
-    if not 0.0 <= options.blend_ratio <= 1.0:
-        raise ConfigError("--blend-ratio must be within 0..1", blend_ratio=options.blend_ratio)
-    if not 0.0 <= options.face_enhancer_weight <= 1.0:
-        raise ConfigError("--face-enhancer-weight must be within 0..1",
-                          face_enhancer_weight=options.face_enhancer_weight)
-    if not 0.0 <= options.face_mask_blur <= 1.0:
-        raise ConfigError("--face-mask-blur must be within 0..1", face_mask_blur=options.face_mask_blur)
-    if len(options.face_mask_padding) != 4 or any(not 0 <= p <= 100 for p in options.face_mask_padding):
-        raise ConfigError("--face-mask-padding takes 1, 2 or 4 percentages within 0..100")
-    if options.face_selector_mode == "reference" and options.reference_face_image is None:
-        raise ConfigError("--face-selector-mode reference needs --reference-face-image")
-    if options.detect_every < 1:
-        raise ConfigError("--detect-every must be at least 1")
-
-
-def make_registry(options: SwapOptions) -> ModelRegistry:
-    providers = resolve_providers(options.execution_providers, max_memory_gb=options.max_memory_gb,
-                                  threads=options.execution_threads, device_id=options.gpu_device_id,
-                                  arena_extend_strategy=options.gpu_arena_extend_strategy)
-    return ModelRegistry(options.models_dir, providers)
-
-
-class Models:
-    """Resolves which models an options object needs and builds their family objects (cached)."""
-
-    def __init__(self, options: SwapOptions, registry: ModelRegistry) -> None:
-        validate(options)
-        self.options = options
-        self.registry = registry
-        o = options
-        self.detector_name = o.face_detector_model
-        if self.detector_name == "auto":
-            self.detector_name = "scrfd_10g" if registry.present("scrfd_10g") else "blazeface"
-        # FaceMesh gives every face its 468-point mesh and the five alignment points: required
-        # behind BlazeFace (whose own points are coarse), used with the other detectors when present.
-        self.mesher_name: str | None = None
-        if self.detector_name == "blazeface" or registry.present("facemesh_468"):
-            self.mesher_name = "facemesh_468"
-        self.swapper_name = o.face_swapper_model
-        if self.swapper_name == "auto":
-            self.swapper_name = "inswapper_128" if registry.present("inswapper_128") else "classic"
-        self.swapper_family = family_of(self.swapper_name)
-        needs_embedding = self.swapper_family.needs_embedding
-        need_recognizer = needs_embedding or o.face_selector_mode == "reference"
-        self.recognizer_name = o.face_recognizer_model if need_recognizer else None
-        if self.recognizer_name:
-            self._family(self.recognizer_name, "arcface", "--face-recognizer-model")
-            if not registry.present(self.recognizer_name):
-                why = (f"the {self.swapper_family.family} family" if needs_embedding
-                       else "--face-selector-mode reference")
-                spec = CATALOG[self.recognizer_name]
-                raise ModelMissingError(
-                    f"{why} needs a face recognizer: model {self.recognizer_name} ({spec.file}) is missing "
-                    f"from {registry.models_dir}; add it to the bundle (sealfuse bundle build --models DIR)",
-                    model=self.recognizer_name, file=registry.path_of(spec))
-        self.enhancer_name = o.face_enhancer_model if "face_enhancer" in o.frame_processors else None
-        if self.enhancer_name:
-            self._family(self.enhancer_name, ENHANCER_FAMILIES, "--face-enhancer-model")
-        self.parser_name = "bisenet_resnet_34" if "region" in o.face_mask_types else None
-        self._cache: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        # Source and reference faces by file digest: a warm worker that serves many jobs with one
-        # preset's face detects (and embeds) that face once.
-        self._faces: OrderedDict[tuple[str, str], tuple[np.ndarray, Face, list[str]]] = OrderedDict()
-        # Prepared identities by source key: each source's per-swapper work is done once.
-        self._identities: OrderedDict[str, Any] = OrderedDict()
-
-    def identity(self, source: Source) -> Any:
-        """The swapper's prepared identity for `source`, computed once per source key."""
-        with self._lock:
-            hit = self._identities.get(source.key)
-            if hit is not None:
-                self._identities.move_to_end(source.key)
-                return hit
-        value = self.swapper().prepare(source)
-        with self._lock:
-            self._identities[source.key] = value
-            while len(self._identities) > FACE_CACHE_SIZE:
-                self._identities.popitem(last=False)
-        return value
-
-    def cached_face(self, path: Path, role: str) -> tuple[np.ndarray, Face, list[str]] | None:
-        with self._lock:
-            key = (_digest(path), role)
-            hit = self._faces.get(key)
-            if hit is not None:
-                self._faces.move_to_end(key)
-            return hit
-
-    def remember_face(self, path: Path, role: str, value: tuple[np.ndarray, Face, list[str]]) -> None:
-        with self._lock:
-            self._faces[(_digest(path), role)] = value
-            while len(self._faces) > FACE_CACHE_SIZE:
-                self._faces.popitem(last=False)
-
-    @staticmethod
-    def _family(name: str, family: str | tuple[str, ...], flag: str) -> None:
-        spec = ModelRegistry.spec(name)
-        allowed = (family,) if isinstance(family, str) else family
-        if spec.family not in allowed:
-            raise ConfigError(f"{flag} {name} is a {spec.family} model, not {' or '.join(allowed)}",
-                              model=name)
-
-    def _get(self, key: str, build: Any) -> Any:
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = build()
-            return self._cache[key]
-
-    def detector(self) -> MTCNNFamily | SCRFDFamily | BlazeFaceDetector:
-        r = self.registry
-        if self.detector_name == "blazeface":
-            return self._get("det", lambda: BlazeFaceDetector(r.tflite("blazeface_full_range"),
-                                                              r.tflite("blazeface_short_range"),
-                                                              self.options.face_detector_score))
-        if self.detector_name == "mtcnn":
-            return self._get("det", lambda: MTCNNFamily(r.session("mtcnn_pnet"), r.session("mtcnn_rnet"),
-                                                         r.session("mtcnn_onet"), self.options.face_detector_score))
-        self._family(self.detector_name, "scrfd", "--face-detector-model")
-        return self._get("det", lambda: SCRFDFamily(r.resolve(self.detector_name).path,
-                                                     r.session(self.detector_name), self.options.face_detector_score))
-
-    def mesher(self) -> FaceMesher | None:
-        if not self.mesher_name:
-            return None
-        return self._get("mesh", lambda: FaceMesher(self.registry.tflite("facemesh_468")))
-
-    def recognizer(self) -> ArcFaceFamily | None:
-        if not self.recognizer_name:
-            return None
-        r, n = self.registry, self.recognizer_name
-        return self._get("rec", lambda: ArcFaceFamily(r.resolve(n).path, r.session(n)))
-
-    def swapper(self) -> Swapper:
-        return self._get("swap", lambda: self.swapper_family.load(self.swapper_name, self.registry))
-
-    def enhancer(self) -> RestorerFamily | None:
-        if not self.enhancer_name:
-            return None
-        name, weight = self.enhancer_name, self.options.face_enhancer_weight
-        return self._get("enh", lambda: RestorerFamily(self.registry.session(name), weight))
-
-    def parser(self) -> Any:
-        if not self.parser_name:
-            return None
-        return self.registry.session(self.parser_name)
-
-    def load_all(self) -> None:
-        """Create every session these options need (the daemon does this before READY=1)."""
-        self.detector()
-        self.mesher()
-        self.recognizer()
-        self.swapper()
-        self.enhancer()
-        self.parser()
-
-
-FACE_CACHE_SIZE = 16
-
-
-def _digest(path: Path) -> str:
-    """sha256 of a file's bytes (the cache key of its face); unreadable files are read_image's to report."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        return f"unreadable:{path}"
-    return h.hexdigest()
+def _as_list(source: SourceArg | None) -> list[Path | np.ndarray]:
+    if source is None:
+        return []
+    if isinstance(source, list | tuple):
+        return list(source)
+    return [source]
 
 
 def largest(faces: list[Face]) -> Face:
@@ -252,9 +52,9 @@ def largest(faces: list[Face]) -> Face:
 
 
 class Pipeline:
-    """detect / select / render for one job (one source face)."""
+    """detect / select / render for one job: one source identity, or several mapped by reference face."""
 
-    def __init__(self, options: SwapOptions, source: Path | np.ndarray, *,
+    def __init__(self, options: SwapOptions, source: SourceArg | None, *,
                  registry: ModelRegistry | None = None, models: Models | None = None) -> None:
         self.options = options
         self.registry = registry or (models.registry if models else make_registry(options))
@@ -267,15 +67,48 @@ class Pipeline:
         self._enhancer = self.models.enhancer()
         self._parser = self.models.parser()
         self.warnings: list[str] = list(self.registry.providers.warnings) + list(self.registry.warnings)
-        src_img, self.source_face = self._face_of(source, "source")
-        key = array_key(source) if isinstance(source, np.ndarray) else _digest(Path(source))
-        self.source = Source((src_img,), (self.source_face,), key)
-        with self.timer.stage("prepare"):
-            self._identity = self.models.identity(self.source)
+        sources = _as_list(source)
+        if options.face_map and sources:
+            self.warnings.append("--source is not used with --face-map: each matched face gets its mapped "
+                                 "source, unmatched faces stay untouched")
+            sources = []
+        if not sources and not options.face_map:
+            raise ConfigError("give a source image (--source) or a face map (--face-map REFERENCE=SOURCE)")
+        self.source: Source | None = self._source(sources) if sources else None
+        self.source_face: Face | None = self.source.face if self.source else None
+        self._identity: Any = None
+        if self.source is not None:
+            with self.timer.stage("prepare"):
+                self._identity = self.models.identity(self.source)
+        self.mappings: list[Mapping] = []
+        for i, (ref, src) in enumerate(options.face_map):
+            _, ref_face = self._face_of(ref, "reference")
+            mapped = self._source([src])
+            with self.timer.stage("prepare"):
+                self.mappings.append(Mapping(i, str(ref), str(src), ref_face, mapped, self.models.identity(mapped)))
+        self.track_mapper: TrackMapper | None = None
         self.reference_face: Face | None = None
         if options.face_selector_mode == "reference":
             assert options.reference_face_image is not None
             _, self.reference_face = self._face_of(options.reference_face_image, "reference")
+
+    def _source(self, items: list[Path | np.ndarray]) -> Source:
+        """One identity from one or more source images (their embeddings are averaged)."""
+        images, faces, keys = [], [], []
+        for item in items:
+            image, face = self._face_of(item, "source")
+            images.append(image)
+            faces.append(face)
+            keys.append(array_key(item) if isinstance(item, np.ndarray) else _digest(Path(item)))
+        if len(items) > 1 and not self._swapper.needs_embedding:
+            self.warnings.append(f"the {self._swapper.family} swapper uses the first source image only; "
+                                 f"the embeddings of all {len(items)} are reported, not averaged")
+        src = Source(tuple(images), tuple(faces), "+".join(keys))
+        report = consistency(src.faces)
+        if report.get("min_cosine", 1.0) < LOW_SOURCE_SIMILARITY:
+            self.warnings.append(f"the {len(items)} source images may not show one person: the lowest pairwise "
+                                 f"cosine similarity of their faces is {report['min_cosine']}")
+        return src
 
     def _face_of(self, source: Path | np.ndarray, role: str) -> tuple[np.ndarray, Face]:
         """The image and its largest face, from the models' cache when the file was seen before."""
@@ -325,15 +158,51 @@ class Pipeline:
             return []
         if mode == "one":
             return [largest(faces)]
+        if self.mappings:
+            return self._mapped(self.embed(frame, faces))
         if mode == "many":
             return sorted(faces, key=lambda f: float(f.bbox[0]))
         assert self.reference_face is not None and self._recognizer is not None
-        with self.timer.stage("recognize"):
-            todo = [f for f in faces if f.embedding is None]
-            done = [f for f in faces if f.embedding is not None] + self._recognizer.embed(frame, todo)
+        done = self.embed(frame, faces)
         ref = self.reference_face.normed_embedding
         picked = [f for f in done if 1.0 - float(np.dot(f.normed_embedding, ref)) < self.options.reference_face_distance]
         return sorted(picked, key=lambda f: float(f.bbox[0]))
+
+    def embed(self, frame: np.ndarray, faces: list[Face]) -> list[Face]:
+        """`faces` with their recognizer embeddings (those that have one keep it)."""
+        assert self._recognizer is not None
+        todo = [f for f in faces if f.embedding is None]
+        if not todo:
+            return list(faces)
+        with self.timer.stage("recognize"):
+            done = iter(self._recognizer.embed(frame, todo))
+        return [f if f.embedding is not None else next(done) for f in faces]
+
+    def _mapped(self, faces: list[Face]) -> list[Face]:
+        picked = []
+        for f in faces:
+            normed = f.normed_embedding
+            assert normed is not None
+            best, dist = nearest(self.mappings, normed)
+            if dist < self.options.reference_face_distance:
+                picked.append(f.with_(source_id=best))
+        return sorted(picked, key=lambda f: float(f.bbox[0]))
+
+    def mapping_of(self, face: Face) -> dict[str, Any]:
+        """For the report: the nearest reference of an embedded face, its distance and the source it got."""
+        if not self.mappings or face.embedding is None:
+            return {}
+        best, dist = nearest(self.mappings, face.normed_embedding)
+        matched = dist < self.options.reference_face_distance
+        return {"reference": self.mappings[best].reference_path, "distance": round(dist, 4),
+                "source": self.mappings[best].source_path if matched else None}
+
+    def track_selector(self) -> TrackSelector | TrackMapper:
+        """The per-track selection video uses: the selector mode, or the face map per track."""
+        if self.mappings:
+            self.track_mapper = TrackMapper(self.mappings, self.embed, self.options.reference_face_distance)
+            return self.track_mapper
+        return TrackSelector(self.options.face_selector_mode, self.select)
 
     def reference_distances(self, faces: list[Face]) -> list[float]:
         if self.reference_face is None:
@@ -371,8 +240,11 @@ class Pipeline:
 
         for face in faces:
             if "face_swapper" in o.frame_processors:
+                identity = self._identity if face.source_id is None else self.mappings[face.source_id].identity
+                if identity is None:
+                    continue
                 with self.timer.stage("swap"):
-                    result = self._swapper.swap(out, face, self._identity)
+                    result = self._swapper.swap(out, face, identity)
                 with self.timer.stage("mask"):
                     mask = self._mask(result.crop)
                     if result.mask is not None:
@@ -412,4 +284,8 @@ class Pipeline:
             "enhancer": self.models.enhancer_name,
             "providers": self.registry.providers.short,
             "models": self.registry.used(),
+            **({"sources": consistency(self.source.faces)} if self.source and len(self.source.faces) > 1 else {}),
+            **({"face_map": [{"reference": m.reference_path, "source": m.source_path} for m in self.mappings]}
+               if self.mappings else {}),
+            **({"tracks_mapped": self.track_mapper.report()} if self.track_mapper else {}),
         }

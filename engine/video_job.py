@@ -22,7 +22,7 @@ from sealfuse.engine.face import Face
 from sealfuse.engine.label import Label
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import StageTimer
-from sealfuse.engine.track import FaceTracker, MeshSmoother, TrackSelector
+from sealfuse.engine.track import FaceTracker, MeshSmoother
 from sealfuse.engine.video_audio import AudioFeed
 from sealfuse.engine.video_encoder import available_encoders, plan_encoder
 from sealfuse.engine.video_probe import MUXERS, VideoInfo
@@ -164,7 +164,7 @@ class VideoJob:
         p = self.pipeline
         tracker = FaceTracker()
         smoother = MeshSmoother()
-        selector = TrackSelector(self.o.face_selector_mode, p.select) if p is not None else None
+        selector = p.track_selector() if p is not None else None
         while True:
             item = _get(self.q_frames, self.stop)
             if item is _SENTINEL:

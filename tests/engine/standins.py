@@ -141,7 +141,7 @@ def scrfd(path: Path) -> Path:
 
 SOURCE_GAIN = 2.0
 INSWAPPER_EMAP = (2.0 * np.roll(np.eye(512, dtype=np.float32), 1, axis=1)).copy()  # the fp16 stand-in's emap
-GHOST_CONVERTER = (0.05 * np.eye(512, dtype=np.float32)[::-1]).copy()  # reverse the vector, scale 0.05
+GHOST_CONVERTER = (0.02 * np.eye(512, dtype=np.float32)[::-1]).copy()  # reverse the vector, scale 0.02
 SIMSWAP_CONVERTER = (-3.0 * np.eye(512, dtype=np.float32)).copy()
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
