@@ -48,8 +48,9 @@ class SlurmCluster:
     runs itself (its retry count is configuration, and Slurm's requeue delay is 120 s).
     """
 
-    def __init__(self, root: Path, *, cpus: int | None = None) -> None:
+    def __init__(self, root: Path, *, cpus: int | None = None, address: str = "127.0.0.1") -> None:
         self.root = root
+        self.address = address  # where slurmctld and slurmd listen (a private address)
         self.cpus = cpus or max(2, os.cpu_count() or 2)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.munge_dir = root / "munge"
@@ -70,7 +71,7 @@ class SlurmCluster:
         r = self.root
         lines = [
             "ClusterName=sealfusetest",
-            "SlurmctldHost=localhost(127.0.0.1)",
+            f"SlurmctldHost=localhost({self.address})",
             f"SlurmctldPort={self.ctld_port}",
             f"SlurmdPort={self.slurmd_port}",
             "SlurmUser=root",
@@ -107,7 +108,7 @@ class SlurmCluster:
             "MessageTimeout=10",
             "SlurmdTimeout=30",
             "SlurmctldTimeout=30",
-            f"NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} CPUs={self.cpus} "
+            f"NodeName={NODE} NodeAddr={self.address} NodeHostname={NODE} CPUs={self.cpus} "
             f"RealMemory=4096 Gres=gpu:fake:1 State=UNKNOWN",
             f"PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
         ]
