@@ -208,8 +208,8 @@ class Admission:
             if named["target"].suffix.lower() not in self.media_exts:
                 raise errors.UnsupportedExtensionError(f"{path.name}: target extension is not supported",
                                                        name=path.name, target=named["target"].name)
-            for role in ("source", "reference"):
-                if role in named and named[role].suffix.lower() not in self.image_exts:
+            for role in named:
+                if role != "target" and named[role].suffix.lower() not in self.image_exts:
                     raise errors.UnsupportedExtensionError(f"{path.name}: {role} must be an image",
                                                            name=path.name, role=role)
             waiting = []  # media must be present and whole before anything is claimed
@@ -265,4 +265,7 @@ class Admission:
 
 
 def _roles(doc: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(role, doc[role]) for role in ("source", "target", "reference") if role in doc]
+    roles = [(role, doc[role]) for role in ("source", "target", "reference") if role in doc]
+    for i, pair in enumerate(doc.get("face_map", [])):  # face_map.<i>.reference / face_map.<i>.source
+        roles += [(f"face_map.{i}.{key}", pair[key]) for key in ("reference", "source")]
+    return roles

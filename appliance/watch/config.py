@@ -60,6 +60,14 @@ ENGINE_SCHEMA: dict[str, Any] = {
 
 NAME = {"type": "string", "minLength": 1, "maxLength": 255}
 
+
+
+def _face_map_schema(path: dict[str, Any]) -> dict[str, Any]:
+    """Face mapping pairs (each target face matched to a reference gets that reference's source)."""
+    return {"type": "array", "minItems": 1, "maxItems": 16,
+            "items": {"type": "object", "additionalProperties": False, "required": ["reference", "source"],
+                      "properties": {"reference": path, "source": path}}}
+
 MANIFEST_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "sealfuse watch-folder job manifest (*.job.json)",
@@ -74,6 +82,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "preset": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}(?![\\s\\S])"},
         "label": {"type": "string", "maxLength": 200},
         "client_ref": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}(?![\\s\\S])"},
+        # names of images in the drop folder, claimed with the job like source and reference
+        "face_map": _face_map_schema(NAME),
         "options": JOB_OPTIONS_SCHEMA,
     },
     "anyOf": [{"required": ["source"]}, {"required": ["preset"]}],
@@ -162,6 +172,7 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "source": {"type": "string", "minLength": 1},
                     "reference": {"type": "string", "minLength": 1},
+                    "face_map": _face_map_schema({"type": "string", "minLength": 1}),  # absolute paths
                     "options": JOB_OPTIONS_SCHEMA,
                 },
             },
@@ -257,7 +268,14 @@ def load_config(path: Path | None) -> WatchConfig:
         if not src.is_absolute() or (ref is not None and not ref.is_absolute()):
             raise WatchConfigError(f"config {path}: presets.{name}: source and reference must be absolute paths",
                                    path=str(path), preset=name)
-        presets[name] = Preset(name, src, ref, dict(table.get("options", {})))
+        options = dict(table.get("options", {}))
+        if "face_map" in table:  # passed to the engine like any job option
+            pairs = [[e["reference"], e["source"]] for e in table["face_map"]]
+            if not all(Path(p).is_absolute() for pair in pairs for p in pair):
+                raise WatchConfigError(f"config {path}: presets.{name}: face_map paths must be absolute",
+                                       path=str(path), preset=name)
+            options["face_map"] = pairs
+        presets[name] = Preset(name, src, ref, options)
     return WatchConfig(**watch, engine=dict(data.get("engine", {})),
                        gpu_memory_limit_gb=data.get("gpu", {}).get("memory_limit_gb"),
                        gpu_arena_extend_strategy=data.get("gpu", {}).get("arena_extend_strategy"),

@@ -311,6 +311,10 @@ class Daemon:
             opts = dict(job.options)
             if "reference" in job.inputs:
                 opts["reference_face_image"] = str(job.inputs["reference"])
+            pairs = sorted({int(r.split(".")[1]) for r in job.inputs if r.startswith("face_map.")})
+            if pairs:  # a manifest's face map, its images claimed with the job
+                opts["face_map"] = [[str(job.inputs[f"face_map.{i}.reference"]), str(job.inputs[f"face_map.{i}.source"])]
+                                    for i in pairs]
             target = job.inputs["target"]
             request = JobRequest(job.job_id, self.paths.spool, job.inputs["source"], target,
                                  tdir / "out" / target.name, opts, self.cfg.job_timeout_seconds)

@@ -44,6 +44,8 @@ def to_options_kwargs(opts: dict[str, Any]) -> dict[str, Any]:
             v = tuple(v)
         if k in ("models_dir", "reference_face_image") and v is not None:
             v = Path(v)
+        if k == "face_map" and isinstance(v, list):
+            v = tuple((Path(ref), Path(src)) for ref, src in v)
         out[k] = v
     return out
 
