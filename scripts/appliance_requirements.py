@@ -1,4 +1,4 @@
-"""Print the pinned runtime closure of sealfuse[engine,appliance] as installed in this venv.
+"""Print the pinned runtime closure of sealfuse[engine,appliance,console] as installed in this venv.
 
 The appliance lock is installed with `pip install --no-deps --require-hashes`, so it must name every
 wheel; opencv-python (declared by insightface) is replaced by opencv-python-headless, and onnxruntime
@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="onnxruntime-gpu instead of onnxruntime")
     args = ap.parse_args()
-    pins = closure("sealfuse", {"engine", "appliance"})
+    pins = closure("sealfuse", {"engine", "appliance", "console"})
     pins.pop("sealfuse")
     if args.gpu:
         pins["onnxruntime-gpu"] = pins.pop("onnxruntime")

@@ -16,6 +16,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -z "${SEALFUSE_SKIP_
     PATH=$PATH:/usr/sbin command -v "${c%%:*}" >/dev/null || need="$need ${c##*:}"
   done
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || need="$need python3-venv"
+  # chromium: the console's browser tests (Playwright drives Debian's build; no browser download)
+  command -v chromium >/dev/null || need="$need chromium"
   if [ -n "$need" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null

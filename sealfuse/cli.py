@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("sealfuse.appliance.watch_cli:watch", "Run the watch-folder daemon."),
     "run-job": ("sealfuse.appliance.runjob:run_job", "Run one claimed watch job (Slurm compute node)."),
     "audit": ("sealfuse.appliance.audit:audit", "Verify the hash-chained audit log."),
+    "console": ("sealfuse.appliance.console_cli:console", "Serve the studio web console and API."),
+    "users": ("sealfuse.appliance.console_cli:users", "Manage the console's accounts."),
     "provenance": ("sealfuse.cli:provenance", "C2PA content credentials: init the CA, verify an output."),
 }
 # `sealfuse provenance` spans two packages: `verify` (verifier, light) and `init` (build host)

@@ -1,0 +1,128 @@
+"""The console's API end to end against a real watch daemon on a temporary spool: sign in, submit,
+follow (server-sent events), download, delete, and the audit chain of it all."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.console.consolelib import REPO, ConsoleEnv
+from tests.watch.watchlib import WatchEnv, png_variant, wait_for
+
+
+def read_events(env: ConsoleEnv, path: str, token: str, timeout: float = 120) -> list[tuple[str, dict]]:
+    """Read a server-sent-event stream until its `end` event."""
+    conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=timeout)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+    r = conn.getresponse()
+    assert r.status == 200
+    assert r.getheader("content-type", "").startswith("text/event-stream")
+    events, name, data = [], None, []
+    while True:
+        line = r.fp.readline()
+        if not line:
+            break
+        line = line.decode().rstrip("\r\n")
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and name:
+            events.append((name, json.loads("\n".join(data))))
+            if name == "end":
+                break
+            name, data = None, []
+    conn.close()
+    return events
+
+
+def test_submit_follow_download_delete_with_a_real_daemon(watch_env: WatchEnv, console_env: ConsoleEnv,
+                                                          tmp_path: Path, hanks_png: Path, t1_jpg: Path) -> None:
+    env = console_env
+    watch_env.start()
+    token = env.login("alice")
+    target = png_variant(t1_jpg, tmp_path / "scene.png", 1).read_bytes()
+    r = env.submit(token, [("source", ("hanks.png", hanks_png.read_bytes(), "image/png")),
+                           ("target", ("scene.png", target, "image/png"))],
+                   options={"face_selector_mode": "one", "blend_ratio": 0.8}, label="shot 42")
+    assert r.status == 201, r.text
+    job = r.json()
+    ref = job["ref"]
+    assert job["state"] in ("submitted", "queued", "running")
+    assert r.headers["location"] == f"/api/v1/jobs/{ref}"
+    # The manifest landed in the inbox last, by rename; no dot-file residue is left behind.
+    manifest = json.loads((env.spool / "inbox" / f"{ref}.job.json").read_text()) if (
+        env.spool / "inbox" / f"{ref}.job.json").exists() else None
+    if manifest is not None:
+        assert manifest["options"] == {"face_selector_mode": "one", "blend_ratio": 0.8}
+        assert manifest["label"] == "shot 42"
+    assert not [n for n in env.inbox_entries() if n.startswith(".")]
+
+    events = read_events(env, f"/api/v1/jobs/{ref}/events", token)
+    states = [e["state"] for name, e in events if name == "job"]
+    assert states[-1] == "done", events
+    final = json.loads(env.request("GET", f"/api/v1/jobs/{ref}", token=token).body)
+    assert final["state"] == "done" and final["job_id"] and final["output"] == f"{ref}-target.png"
+
+    # Download: the bytes are the daemon's result, byte for byte.
+    dl = env.request("GET", f"/api/v1/jobs/{ref}/result", token=token)
+    assert dl.status == 200 and dl.headers["content-type"] == "image/png"
+    assert "attachment" in dl.headers["content-disposition"]
+    out = env.spool / "outbox" / final["job_id"] / final["output"]
+    assert hashlib.sha256(dl.body).hexdigest() == final["output_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert dl.body != target  # a swap happened: the output differs from the target
+
+    # Another submitter cannot see, download or delete it; a reviewer can see and download it.
+    other = env.login("bob")
+    assert env.request("GET", f"/api/v1/jobs/{ref}", token=other).status == 404
+    assert env.request("GET", f"/api/v1/jobs/{ref}/result", token=other).status == 404
+    assert env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=other).status == 404
+    assert out.exists()
+    assert env.request("GET", "/api/v1/jobs", token=other).json()["jobs"] == []
+    reviewer = env.login("rita")
+    assert env.request("GET", f"/api/v1/jobs/{ref}/result", token=reviewer).status == 200
+    auditor = env.login("audrey")
+    assert env.request("GET", f"/api/v1/jobs/{ref}", token=auditor).json()["state"] == "done"
+    assert env.request("GET", f"/api/v1/jobs/{ref}/result", token=auditor).status == 403
+
+    # Delete the media: the result file goes, the record stays, a second download is 410.
+    d = env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=token)
+    assert d.status == 200, d.text
+    assert f"outbox/{final['job_id']}/{final['output']}" in d.json()["removed"]
+    assert not out.exists() and (out.parent / "result.json").exists()
+    assert env.request("GET", f"/api/v1/jobs/{ref}/result", token=token).status == 410
+    assert env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()["media_deleted"]
+
+    # Every action is in the console's audit chain with the user's name, and the chain verifies.
+    trail = [(e["event"], e.get("user")) for e in env.audit()]
+    for item in [("console_login", "alice"), ("console_submit", "alice"), ("console_download", "alice"),
+                 ("console_download", "rita"), ("console_delete", "alice")]:
+        assert item in trail
+    v = subprocess.run([sys.executable, "-m", "sealfuse", "audit", "verify", str(env.state / "audit.jsonl")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert v.returncode == 0, v.stderr
+
+
+def test_a_job_the_engine_refuses_shows_its_reason_in_words(watch_env: WatchEnv, console_env: ConsoleEnv,
+                                                             tmp_path: Path, hanks_png: Path) -> None:
+    from PIL import Image
+
+    env = console_env
+    watch_env.start()
+    token = env.login("alice")
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (96, 96), (200, 190, 180)).save(blank)
+    r = env.submit(token, [("source", ("hanks.png", hanks_png.read_bytes(), "image/png")),
+                           ("target", ("wall.png", blank.read_bytes(), "image/png"))])
+    assert r.status == 201, r.text
+    ref = r.json()["ref"]
+    events = read_events(env, f"/api/v1/jobs/{ref}/events", token)
+    final = events[-2][1]
+    assert final["state"] == "failed"
+    assert final["reason"] == "no_face_in_target"
+    assert final["reason_text"] == "No face was found in the target."
+    wait_for(lambda: env.request("GET", f"/jobs/{ref}", token=token).status in (200, 303), 5, "page")
