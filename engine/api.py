@@ -131,6 +131,10 @@ def swap_image(pipeline: Pipeline, target: Path, output: Path, *,
     if pipeline.mappings:
         faces = pipeline.embed(frame, faces)
     selected = pipeline.select(faces, frame)
+    others = pipeline.not_the_source(selected, target)
+    if selected and not others:
+        raise NoFaceInTargetError(f"the only face selected in {target} is the source face itself", target=target)
+    selected = others
     if not selected:
         what = "any --face-map reference face" if pipeline.mappings else "the reference face"
         distances = ([pipeline.mapping_of(f)["distance"] for f in faces] if pipeline.mappings

@@ -22,6 +22,7 @@ from sealfuse.engine.options import (
     EXECUTION_PROVIDERS,
     FRAME_PROCESSORS,
     LABEL_CORNERS,
+    MASK_REGIONS,
     MASK_TYPES,
     SELECTOR_MODES,
     VIDEO_ENCODERS,
@@ -32,6 +33,8 @@ from sealfuse.engine.registry import CATALOG
 from sealfuse.engine.swappers import swapper_names
 
 D = SwapOptions()
+# The demo's colour source: t1.jpg's right-most face (frontal, evenly lit, no hair across the cheeks)
+DEMO_SOURCE, DEMO_SOURCE_POSITION = "t1.jpg", 5
 EXIT_HELP = "\b\n" + exit_code_help()
 
 
@@ -61,7 +64,7 @@ def _padding(_ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
     return vals[0], vals[1], vals[2], vals[3]
 
 
-SWAPPERS = ["auto", "classic"] + [n for n in swapper_names() if n != "classic"]
+SWAPPERS = ["auto", "mesh"] + [n for n in swapper_names() if n != "mesh"]
 ENHANCERS = sorted(n for n, s in CATALOG.items() if s.family in ENHANCER_FAMILIES)
 
 
@@ -80,10 +83,13 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 
 @click.command(epilog=f"Exit codes:\n\n{EXIT_HELP}", context_settings={"max_content_width": 100})
 @click.option("-s", "--source", "sources", type=click.Path(path_type=Path), multiple=True,
-              help="Image with the face to put in (the largest face is used if it has several). Give it "
-                   "several times for several images of one person: their embeddings are averaged into one "
-                   "identity and the report says how alike they were. "
-                   "Default: the sample portrait Tom_Hanks_54745.png shipped with insightface.")
+              help="Image with the face to put in (the largest face, or the one at --source-face-position). "
+                   "Give it several times for several images of one person: their embeddings are averaged "
+                   "into one identity and the report says how alike they were. Default: insightface's "
+                   "six-face sample photo t1.jpg, its right-most face (position 5).")
+@click.option("--source-face-position", type=click.IntRange(0), default=None,
+              help="Use the source image's face at this position, counted from the left from 0 (default: "
+                   "the largest). When the source and target are the same image, that face is left as is.")
 @click.option("--face-map", "face_map", multiple=True, metavar="REFERENCE=SOURCE",
               help="Repeatable. Each target face is matched to the nearest REFERENCE face (cosine distance "
                    "under --reference-face-distance) and gets that reference's SOURCE; unmatched faces stay "
@@ -97,10 +103,11 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 @click.option("--frame-processors", default="face_swapper", show_default=True,
               callback=_csv(FRAME_PROCESSORS), help="Comma list: face_swapper[,face_enhancer].")
 @click.option("--face-swapper-model", type=click.Choice(SWAPPERS), default=D.face_swapper_model, show_default=True,
-              help="auto = inswapper_128 when its file is in the models directory, else classic. "
-                   "classic is DEMO GRADE (alignment, colour transfer, feathered blend on the starter "
-                   "models only); the learned families are the product and need an ArcFace recognizer. "
-                   f"Licences: {_licences(SWAPPERS)}.")
+              help="auto = inswapper_128 when its file is in the models directory, else mesh. "
+                   "mesh is DEMO GRADE: the source face's texture warped onto each target's FaceMesh, colour "
+                   "matched and Poisson-blended, with the starter models only; identity transfer is partial "
+                   "(the face shape stays the target's). The learned families are the product and need an "
+                   f"ArcFace recognizer. Licences: {_licences(SWAPPERS)}.")
 @click.option("--face-enhancer-model", type=click.Choice(ENHANCERS), default=D.face_enhancer_model, show_default=True,
               help=f"Licences: {_licences(ENHANCERS)}.")
 @click.option("--face-enhancer-blend", type=click.FloatRange(0, 1), default=D.face_enhancer_blend, show_default=True)
@@ -116,7 +123,13 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
 @click.option("--blend-ratio", type=click.FloatRange(0, 1), default=D.blend_ratio, show_default=True,
               help="0 leaves the target unchanged, 1 shows the swapped face fully inside the mask.")
 @click.option("--face-mask-types", default=",".join(D.face_mask_types), show_default=True,
-              callback=_csv(MASK_TYPES), help="Comma list of box, ellipse, region (region needs bisenet_resnet_34).")
+              callback=_csv(MASK_TYPES),
+              help="Comma list of box, ellipse, region. region keeps --face-mask-regions: from the "
+                   "bisenet_resnet_34 face parser when supplied, else from the face's FaceMesh points.")
+@click.option("--face-mask-regions", default=",".join(D.face_mask_regions), show_default=True,
+              callback=_csv(MASK_REGIONS),
+              help=f"Comma list of {', '.join(MASK_REGIONS)} (left/right: the subject's own). Leave out "
+                   "eyes and mouth to keep the target's (glasses: parser only).")
 @click.option("--face-mask-blur", type=click.FloatRange(0, 1), default=D.face_mask_blur, show_default=True)
 @click.option("--face-mask-padding", default="0,0,0,0", show_default=True, callback=_padding,
               help="Percent of the crop cut from top,right,bottom,left (1, 2 or 4 values).")
@@ -166,8 +179,8 @@ def swap(sources: tuple[Path, ...], face_map: tuple[str, ...], target: Path | No
     """Swap the face from SOURCE into every selected face of TARGET.
 
     Runs fully offline on ONNX Runtime; never downloads a model. Models are checked against their
-    sha256 pins before any session is created. With no arguments, swaps the sample portrait into
-    the sample group photo and writes ./sealfuse-swap.jpg.
+    sha256 pins before any session is created. With no arguments, takes the right-most face of the
+    sample group photo t1.jpg and swaps it into the other five, writing ./sealfuse-swap.jpg.
     """
     if face_map and sources:
         raise click.UsageError("give --source or --face-map, not both (with a face map, unmatched faces stay "
@@ -175,7 +188,10 @@ def swap(sources: tuple[Path, ...], face_map: tuple[str, ...], target: Path | No
     source: list[Path] | None = list(sources) or None
     if (source is None and not face_map) or target is None:
         samples = sample_images()
-        source = source or ([samples / "Tom_Hanks_54745.png"] if not face_map else None)
+        if source is None and not face_map:
+            source = [samples / DEMO_SOURCE]
+            if kw.get("source_face_position") is None:
+                kw["source_face_position"] = DEMO_SOURCE_POSITION
         target = target or samples / "t1.jpg"
     if output is None:
         output = Path(f"sealfuse-swap{Path(target).suffix.lower()}")

@@ -24,7 +24,8 @@ __all__ = ["BLENDS", "MeshSource", "MeshSwapOutput", "mesh_swap", "prepare_sourc
 BLENDS = ("poisson", "feather")
 EDGE_ON = 0.25  # |normal z| / |normal| below this: the source shows the triangle edge-on
 CROP_SCALE = 1.6  # the square crop around a target face, relative to its mesh's extent
-OVAL_INSET = 0.9  # the mask's outline: the face oval scaled by this about its centre
+WORK_FACE = 160  # faces larger than this (pixels) are swapped at this size and scaled back
+OVAL_INSET = 0.85  # the mask's outline: the mesh's hull scaled by this about its centre
 BROW_MARGIN = 0.12  # how far above the brows the mask stops, in units of the eye-to-brow height
 _LIPS_INNER = np.array(topo.LIPS_INNER)
 
@@ -101,28 +102,27 @@ def prepare_source(image: np.ndarray, mesh: np.ndarray) -> MeshSource:
 
 @dataclass(frozen=True)
 class MeshSwapOutput:
-    """The swapped face in a square crop: `crop` (BGR), `matrix` (frame -> crop, a translation), `mask` (0..1)."""
+    """The swapped face in a square crop: `crop` (BGR), `matrix` (frame -> crop: scale and shift), `mask` (0..1)."""
 
     crop: np.ndarray
     matrix: np.ndarray
     mask: np.ndarray
 
 
-def _crop_box(mesh_xy: np.ndarray) -> tuple[int, int, int]:
+def _crop_geometry(mesh_xy: np.ndarray) -> tuple[np.ndarray, int]:
+    """The frame -> crop matrix (a scale and a shift) and the crop's side for a target face.
+
+    The crop is a square CROP_SCALE times the mesh's extent, at a scale where the face is at most
+    WORK_FACE pixels wide: the source texture has no more detail than that, and the work per face
+    stays bounded however large the face is in the frame.
+    """
     lo, hi = mesh_xy.min(0), mesh_xy.max(0)
-    side = int(np.ceil((hi - lo).max() * CROP_SCALE)) + 2
+    extent = float((hi - lo).max())
+    scale = min(1.0, WORK_FACE / max(extent, 1.0))
+    side = int(np.ceil(extent * CROP_SCALE * scale)) + 2
     cx, cy = (lo + hi) / 2
-    return int(round(cx - side / 2)), int(round(cy - side / 2)), side
-
-
-def _crop(frame: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """frame[y0:y0+side, x0:x0+side], edge pixels repeated where the square leaves the frame."""
-    h, w = frame.shape[:2]
-    xa, ya, xb, yb = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
-    inner = frame[ya:yb, xa:xb]
-    if (xb - xa, yb - ya) == (side, side):
-        return inner.copy()
-    return cv2.copyMakeBorder(inner, ya - y0, y0 + side - yb, xa - x0, x0 + side - xb, cv2.BORDER_REPLICATE)
+    m = np.array([[scale, 0.0, side / 2 - cx * scale], [0.0, scale, side / 2 - cy * scale]], np.float64)
+    return m, side
 
 
 def _affines(dst: np.ndarray, src: np.ndarray, tri: np.ndarray) -> np.ndarray:
@@ -137,43 +137,56 @@ def _affines(dst: np.ndarray, src: np.ndarray, tri: np.ndarray) -> np.ndarray:
 
 
 def _brow_cut(xy: np.ndarray, side: int) -> np.ndarray:
-    """1 below a line just above the brows (along the face's own up direction), 0 above it."""
+    """1 below a line just above the brows (across the face's own up direction), 0 above it."""
     up = xy[topo.FOREHEAD_TOP] - xy[topo.CHIN]
-    up /= np.linalg.norm(up) + 1e-9
+    up = up / (np.linalg.norm(up) + 1e-9)
     brows = xy[list(topo.RIGHT_BROW_TOP + topo.LEFT_BROW_TOP)]
     eyes = xy[list(topo.RIGHT_EYE + topo.LEFT_EYE)]
     height = float(np.mean(brows @ up) - np.mean(eyes @ up))
     level = float(np.max(brows @ up)) + BROW_MARGIN * max(height, 1.0)
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
-    proj = xx * np.float32(up[0]) + yy * np.float32(up[1])
-    return (proj <= level).astype(np.uint8)
+    # the half plane {p: p . up <= level}, as a polygon far larger than the crop
+    across = np.array([-up[1], up[0]])
+    base = up * level
+    big = 4.0 * side
+    poly = np.array([base + across * big, base - across * big, base - across * big - up * big,
+                     base + across * big - up * big])
+    out = np.zeros((side, side), np.uint8)
+    cv2.fillConvexPoly(out, np.round(poly * 16).astype(np.int32), 1, cv2.LINE_8, 4)
+    return out
 
 
 def _lab_match(src: np.ndarray, dst: np.ndarray, core: np.ndarray) -> np.ndarray:
     """`src` with its Lab mean and spread inside `core` moved to those of `dst` there."""
-    s = cv2.cvtColor(src, cv2.COLOR_BGR2LAB).astype(np.float32)
-    d = cv2.cvtColor(dst, cv2.COLOR_BGR2LAB).astype(np.float32)
     sel = core.astype(bool)
     if sel.sum() < 16:
         return src
-    sm, ss = s[sel].mean(0), s[sel].std(0) + 1e-3
-    dm, ds = d[sel].mean(0), d[sel].std(0) + 1e-3
+    s_px = cv2.cvtColor(src[sel][None], cv2.COLOR_BGR2LAB)[0].astype(np.float32)
+    d_px = cv2.cvtColor(dst[sel][None], cv2.COLOR_BGR2LAB)[0].astype(np.float32)
+    sm, ss = s_px.mean(0), s_px.std(0) + 1e-3
+    dm, ds = d_px.mean(0), d_px.std(0) + 1e-3
     ratio = np.clip(ds / ss, 0.5, 2.0)
-    out = (s - sm) * ratio + dm
+    lab = cv2.cvtColor(src, cv2.COLOR_BGR2LAB).astype(np.float32)
+    out = (lab - sm) * ratio + dm
     return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2BGR)
 
 
 def _shade_match(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
     """`src` times the ratio of the two images' low frequencies inside `mask` (a cheap stand-in for
-    Poisson blending: the target's local light and skin tone, the source's detail)."""
-    m = mask.astype(np.float32)
-    wm = cv2.GaussianBlur(m, (0, 0), sigma) + 1e-3
-    s = src.astype(np.float32)
-    d = dst.astype(np.float32)
-    low_s = cv2.GaussianBlur(s * m[..., None], (0, 0), sigma) / wm[..., None]
-    low_d = cv2.GaussianBlur(d * m[..., None], (0, 0), sigma) / wm[..., None]
-    ratio = np.clip((low_d + 1.0) / (low_s + 1.0), 0.5, 2.0)
-    return np.clip(s * ratio, 0, 255).astype(np.uint8)
+    Poisson blending: the target's local light and skin tone, the source's detail). The low
+    frequencies are taken at an eighth of the size (they have no detail to lose)."""
+    h, w = mask.shape
+    f = 8
+    small = (max(1, w // f), max(1, h // f))
+    m = cv2.resize(mask.astype(np.float32), small, interpolation=cv2.INTER_AREA)
+    s_small = cv2.resize(src, small, interpolation=cv2.INTER_AREA).astype(np.float32)
+    d_small = cv2.resize(dst, small, interpolation=cv2.INTER_AREA).astype(np.float32)
+    sg = max(0.8, sigma / f)
+    wm = cv2.GaussianBlur(m, (0, 0), sg) + 1e-3
+    low_s = cv2.GaussianBlur(s_small * m[..., None], (0, 0), sg) / wm[..., None]
+    low_d = cv2.GaussianBlur(d_small * m[..., None], (0, 0), sg) / wm[..., None]
+    ratio = np.clip((low_d + 1.0) / (low_s + 1.0), 0.6, 1.6)
+    ratio = cv2.resize(ratio, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.clip(src.astype(np.float32) * ratio, 0, 255).astype(np.uint8)
 
 
 def mesh_swap(frame: np.ndarray, target_mesh: np.ndarray, source: MeshSource,
@@ -184,8 +197,8 @@ def mesh_swap(frame: np.ndarray, target_mesh: np.ndarray, source: MeshSource,
     """
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {BLENDS}")
-    x0, y0, side = _crop_box(target_mesh[:, :2])
-    dst = (target_mesh[:, :2] - (x0, y0)).astype(np.float64)
+    m, side = _crop_geometry(target_mesh[:, :2])
+    dst = target_mesh[:, :2].astype(np.float64) @ m[:, :2].T + m[:, 2]
     tri = source.triangles[source.usable]
     if not len(tri):
         return None
@@ -193,8 +206,9 @@ def mesh_swap(frame: np.ndarray, target_mesh: np.ndarray, source: MeshSource,
     # so where the target turns away its near side covers the far one
     ids = np.zeros((side, side), np.float32)
     order = np.argsort(-target_mesh[tri, 2].mean(axis=1))
-    for k in order:
-        cv2.fillConvexPoly(ids, np.round(dst[tri[k]] * 16).astype(np.int32), float(k + 1), cv2.LINE_8, 4)
+    corners = np.round(dst * 16).astype(np.int32)[tri]
+    for k in order.tolist():
+        cv2.fillConvexPoly(ids, corners[k], float(k + 1), cv2.LINE_8, 4)
     hull = np.zeros((side, side), np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(np.round(dst).astype(np.int32)), 1)
     # pixels of the hull that no usable triangle covers (the source showed them edge-on) take the
@@ -219,13 +233,15 @@ def mesh_swap(frame: np.ndarray, target_mesh: np.ndarray, source: MeshSource,
     map_x[ys, xs] = a[:, 0, 0] * xs + a[:, 0, 1] * ys + a[:, 0, 2]
     map_y[ys, xs] = a[:, 1, 0] * xs + a[:, 1, 1] * ys + a[:, 1, 2]
     warped = cv2.remap(source.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    target = _crop(frame, x0, y0, side)
+    target = cv2.warpAffine(frame, m, (side, side), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
 
-    # the face oval drawn a little inside itself: hair that the source has along its cheeks stays out
-    oval = dst[list(topo.FACE_OVAL)]
-    centre = dst[list(topo.FACE_OVAL)].mean(0)
+    # the face's outline (the hull of the mesh: it holds the nose of a turned head) drawn a little
+    # inside itself, so that hair the source has along its cheeks stays out
+    outline = cv2.convexHull(dst.astype(np.float32))[:, 0, :]
+    centre = outline.mean(0)
     inset = np.zeros((side, side), np.uint8)
-    cv2.fillPoly(inset, [np.round(centre + (oval - centre) * OVAL_INSET).astype(np.int32)], 1)
+    cv2.fillPoly(inset, [np.round(centre + (outline - centre) * OVAL_INSET).astype(np.int32)], 1)
     mask = inside.astype(np.uint8) & inset & _brow_cut(dst.astype(np.float32), side)
     mouth = np.zeros_like(mask)
     cv2.fillPoly(mouth, [np.round(dst[_LIPS_INNER]).astype(np.int32)], 1)
@@ -250,6 +266,4 @@ def mesh_swap(frame: np.ndarray, target_mesh: np.ndarray, source: MeshSource,
             with contextlib.suppress(cv2.error):  # a degenerate mask keeps the colour-matched texture
                 warped = cv2.seamlessClone(warped, target, mask * 255, centre, cv2.NORMAL_CLONE)
             soft = np.maximum(soft, cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 1.0) * mask)
-    crop = np.ascontiguousarray(warped)
-    m = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]], np.float32)
-    return MeshSwapOutput(crop, m, soft.astype(np.float32))
+    return MeshSwapOutput(np.ascontiguousarray(warped), m.astype(np.float32), soft.astype(np.float32))

@@ -27,7 +27,3 @@ FOREHEAD_TOP = 10
 CHIN = 152
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
 MOUTH_RIGHT, MOUTH_LEFT = 61, 291
-
-# FaceFusion's --face-mask-regions names
-REGIONS = ("skin", "left-eyebrow", "right-eyebrow", "left-eye", "right-eye", "glasses", "nose", "mouth",
-           "upper-lip", "lower-lip")

@@ -29,7 +29,13 @@ from sealfuse.engine.families import (
     RestorerFamily,
     SCRFDFamily,
 )
-from sealfuse.engine.options import FRAME_PROCESSORS, MASK_TYPES, SELECTOR_MODES, SwapOptions
+from sealfuse.engine.options import (
+    FRAME_PROCESSORS,
+    MASK_REGIONS,
+    MASK_TYPES,
+    SELECTOR_MODES,
+    SwapOptions,
+)
 from sealfuse.engine.providers import resolve_providers
 from sealfuse.engine.registry import CATALOG, ModelRegistry
 from sealfuse.engine.swappers import Source, Swapper, family_of
@@ -80,6 +86,9 @@ def validate(options: SwapOptions) -> None:
     if options.face_map and options.face_selector_mode != "many":
         raise ConfigError(f"--face-map selects faces by their mapping; it cannot be combined with "
                           f"--face-selector-mode {options.face_selector_mode}")
+    bad = [r for r in options.face_mask_regions if r not in MASK_REGIONS]
+    if bad or not options.face_mask_regions:
+        raise ConfigError(f"unknown face mask region {bad}; choose from {', '.join(MASK_REGIONS)}")
     if options.detect_every < 1:
         raise ConfigError("--detect-every must be at least 1")
 
@@ -102,15 +111,19 @@ class Models:
         self.detector_name = o.face_detector_model
         if self.detector_name == "auto":
             self.detector_name = "scrfd_10g" if registry.present("scrfd_10g") else "blazeface"
-        # FaceMesh gives every face its 468-point mesh and the five alignment points: required
-        # behind BlazeFace (whose own points are coarse), used with the other detectors when present.
-        self.mesher_name: str | None = None
-        if self.detector_name == "blazeface" or registry.present("facemesh_468"):
-            self.mesher_name = "facemesh_468"
         self.swapper_name = o.face_swapper_model
         if self.swapper_name == "auto":
-            self.swapper_name = "inswapper_128" if registry.present("inswapper_128") else "classic"
+            self.swapper_name = "inswapper_128" if registry.present("inswapper_128") else "mesh"
         self.swapper_family = family_of(self.swapper_name)
+        # FaceMesh gives every face its 468-point mesh and the five alignment points: required
+        # behind BlazeFace (whose own points are coarse), by the mesh swapper and by the mesh's
+        # region mask; used with the other detectors whenever present.
+        needs_mesh = (self.detector_name == "blazeface"
+                      or "facemesh_468" in getattr(self.swapper_family, "needs_models", ())
+                      or ("region" in o.face_mask_types and not registry.present("bisenet_resnet_34")))
+        self.mesher_name: str | None = None
+        if needs_mesh or registry.present("facemesh_468"):
+            self.mesher_name = "facemesh_468"
         needs_embedding = self.swapper_family.needs_embedding
         need_recognizer = needs_embedding or o.face_selector_mode == "reference" or bool(o.face_map)
         self.recognizer_name = o.face_recognizer_model if need_recognizer else None
@@ -127,7 +140,9 @@ class Models:
         self.enhancer_name = o.face_enhancer_model if "face_enhancer" in o.frame_processors else None
         if self.enhancer_name:
             self._family(self.enhancer_name, ENHANCER_FAMILIES, "--face-enhancer-model")
-        self.parser_name = "bisenet_resnet_34" if "region" in o.face_mask_types else None
+        # region mask: the BiSeNet face parser when supplied, else the regions of the face's mesh
+        self.parser_name = ("bisenet_resnet_34" if "region" in o.face_mask_types
+                            and registry.present("bisenet_resnet_34") else None)
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
         # Source and reference faces by file digest: a warm worker that serves many jobs with one

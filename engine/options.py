@@ -9,6 +9,9 @@ from typing import Any
 
 FRAME_PROCESSORS = ("face_swapper", "face_enhancer")
 MASK_TYPES = ("box", "ellipse", "region")
+# FaceFusion's --face-mask-regions names ("left"/"right": the subject's own sides)
+MASK_REGIONS = ("skin", "left-eyebrow", "right-eyebrow", "left-eye", "right-eye", "glasses", "nose", "mouth",
+                "upper-lip", "lower-lip")
 SELECTOR_MODES = ("many", "one", "reference")
 EXECUTION_PROVIDERS = ("cuda", "tensorrt", "cpu")
 VIDEO_ENCODERS = ("libx264", "libx265", "h264_nvenc", "hevc_nvenc")
@@ -30,7 +33,7 @@ def default_models_dir() -> Path:
 @dataclass(frozen=True)
 class SwapOptions:
     frame_processors: tuple[str, ...] = ("face_swapper",)
-    # "auto": inswapper_128 when its file is in the models directory, else classic.
+    # "auto": inswapper_128 when its file is in the models directory, else the starter mesh swap.
     face_swapper_model: str = "auto"
     face_enhancer_model: str = "gfpgan_1.4"
     face_enhancer_blend: float = 0.8
@@ -42,10 +45,15 @@ class SwapOptions:
     face_detector_score: float = 0.6
     blend_ratio: float = 1.0
     face_mask_types: tuple[str, ...] = ("box",)
+    # what the region mask keeps (everything but glasses, as the parser's face classes do)
+    face_mask_regions: tuple[str, ...] = ("skin", "left-eyebrow", "right-eyebrow", "left-eye", "right-eye",
+                                          "nose", "mouth", "upper-lip", "lower-lip")
     face_mask_blur: float = 0.3
     # top, right, bottom, left, in percent of the aligned crop
     face_mask_padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     face_selector_mode: str = "many"
+    # which face of the source image to use, counted from the left from 0 (None: the largest)
+    source_face_position: int | None = None
     reference_face_image: Path | None = None
     reference_face_distance: float = 0.6
     # Face mapping: (reference image, source image) pairs; each target face gets the source of its

@@ -7,6 +7,7 @@ threads at once (ONNX Runtime sessions are, and per-call state stays on the stac
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from sealfuse.engine.models import (  # re-exported: callers import them from th
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.registry import ModelRegistry
 from sealfuse.engine.swappers import Source, array_key
-from sealfuse.engine.track import TrackSelector
+from sealfuse.engine.track import TrackSelector, iou
 from sealfuse.engine.warp import paste_back
 
 Touched = tuple[tuple[int, int, int, int], np.ndarray]
@@ -67,6 +68,7 @@ class Pipeline:
         self._enhancer = self.models.enhancer()
         self._parser = self.models.parser()
         self.warnings: list[str] = list(self.registry.providers.warnings) + list(self.registry.warnings)
+        self._source_keys: set[str] = set()  # digests of the source images (to leave their own face alone)
         sources = _as_list(source)
         if options.face_map and sources:
             self.warnings.append("--source is not used with --face-map: each matched face gets its mapped "
@@ -103,7 +105,9 @@ class Pipeline:
         if len(items) > 1 and not self._swapper.needs_embedding:
             self.warnings.append(f"the {self._swapper.family} swapper uses the first source image only; "
                                  f"the embeddings of all {len(items)} are reported, not averaged")
-        src = Source(tuple(images), tuple(faces), "+".join(keys))
+        self._source_keys.update(keys)
+        pos = self.options.source_face_position
+        src = Source(tuple(images), tuple(faces), "+".join(keys) + ("" if pos is None else f"@{pos}"))
         report = consistency(src.faces)
         if report.get("min_cosine", 1.0) < LOW_SOURCE_SIMILARITY:
             self.warnings.append(f"the {len(items)} source images may not show one person: the lowest pairwise "
@@ -114,13 +118,15 @@ class Pipeline:
         """The image and its largest face, from the models' cache when the file was seen before."""
         if isinstance(source, np.ndarray):
             return source, self._pick(source, role, source)
-        hit = self.models.cached_face(Path(source), role)
+        pos = self.options.source_face_position if role == "source" else None
+        slot = role if pos is None else f"{role}@{pos}"
+        hit = self.models.cached_face(Path(source), slot)
         if hit is None:
             image = read_image(Path(source), max_pixels=self.options.max_pixels)
             before = len(self.warnings)
             face = self._pick(image, role, source)
             hit = (image, face, self.warnings[before:])
-            self.models.remember_face(Path(source), role, hit)
+            self.models.remember_face(Path(source), slot, hit)
         else:
             self.warnings.extend(hit[2])
         return hit[0], hit[1]
@@ -130,9 +136,18 @@ class Pipeline:
         if not faces:
             raise NoFaceInSourceError(f"no face found in the {role} image {origin if not isinstance(origin, np.ndarray) else ''}".strip(),
                                       role=role)
-        face = largest(faces)
-        if len(faces) > 1:
-            self.warnings.append(f"the {role} image has {len(faces)} faces; using the largest (box {face.to_dict()['box']})")
+        pos = self.options.source_face_position if role == "source" else None
+        if pos is not None:
+            if pos >= len(faces):
+                raise NoFaceInSourceError(f"--source-face-position {pos}: the {role} image has only {len(faces)} "
+                                          f"face(s) (positions 0..{len(faces) - 1}, from the left)",
+                                          role=role, faces=len(faces), position=pos)
+            face = sorted(faces, key=lambda f: float(f.bbox[0] + f.bbox[2]))[pos]
+        else:
+            face = largest(faces)
+            if len(faces) > 1:
+                self.warnings.append(f"the {role} image has {len(faces)} faces; using the largest "
+                                     f"(box {face.to_dict()['box']})")
         if self._recognizer is not None:
             with self.timer.stage("recognize"):
                 face = self._recognizer.embed(image, [face])[0]
@@ -204,6 +219,22 @@ class Pipeline:
             return self.track_mapper
         return TrackSelector(self.options.face_selector_mode, self.select)
 
+    def for_video(self) -> None:
+        """Keep per-frame work small for this (video) job: a swapper with a cheaper per-frame variant
+        of its prepared identity (`for_video(identity)`, the mesh swap's feathered blend) uses it."""
+        cheaper = getattr(self._swapper, "for_video", None)
+        if cheaper is None:
+            return
+        if self._identity is not None:
+            self._identity = cheaper(self._identity)
+        self.mappings = [replace(m, identity=cheaper(m.identity)) for m in self.mappings]
+
+    def not_the_source(self, faces: list[Face], target: Path) -> list[Face]:
+        """`faces` without the source face itself when the target is the source image (it stays as it is)."""
+        if self.source_face is None or _digest(Path(target)) not in self._source_keys:
+            return faces
+        return [f for f in faces if iou(f.bbox, self.source_face.bbox) < 0.5]
+
     def reference_distances(self, faces: list[Face]) -> list[float]:
         if self.reference_face is None:
             return []
@@ -246,7 +277,7 @@ class Pipeline:
                 with self.timer.stage("swap"):
                     result = self._swapper.swap(out, face, identity)
                 with self.timer.stage("mask"):
-                    mask = self._mask(result.crop)
+                    mask = self._mask(result.crop, face, result.matrix)
                     if result.mask is not None:
                         mask = mask * result.mask
                     if o.blend_ratio != 1.0:
@@ -259,7 +290,7 @@ class Pipeline:
                     mask = masklib.box_mask(crop.shape[0], o.face_mask_blur, (0, 0, 0, 0)) * o.face_enhancer_blend
                     keep(paste_back(out, crop, mask, m))
 
-    def _mask(self, crop: np.ndarray) -> np.ndarray:
+    def _mask(self, crop: np.ndarray, face: Face, matrix: np.ndarray) -> np.ndarray:
         o = self.options
         size = crop.shape[0]
         if o.face_mask_types == ("box",):
@@ -270,8 +301,13 @@ class Pipeline:
                 parts.append(masklib.box_mask(size, float(o.face_mask_blur), tuple(o.face_mask_padding)))
             elif kind == "ellipse":
                 parts.append(masklib.ellipse_mask(size, o.face_mask_blur))
-            else:
-                parts.append(masklib.region_mask(self._parser, crop, o.face_mask_blur))
+            elif self._parser is not None:
+                parts.append(masklib.region_mask(self._parser, crop, o.face_mask_blur, o.face_mask_regions))
+            elif face.mesh is not None:
+                xy = face.mesh[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+                parts.append(masklib.mesh_region_mask(xy, size, o.face_mask_blur, o.face_mask_regions))
+            else:  # FaceMesh did not confirm this face: nothing of it is swapped
+                parts.append(np.zeros((size, size), np.float32))
         return masklib.combine(parts)
 
     # -- report -------------------------------------------------------------------------------------

@@ -95,6 +95,8 @@ class VideoJob:
                  options: SwapOptions, progress: Progress | None, cancel: threading.Event | None,
                  detect_max_side: int | None = DETECT_MAX_SIDE) -> None:
         self.detect_max_side = detect_max_side
+        if pipeline is not None:
+            pipeline.for_video()
         self.pipeline, self.info, self.target, self.tmp, self.output = pipeline, info, target, tmp, output
         self.o = options
         self.progress = progress

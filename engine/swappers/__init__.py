@@ -7,7 +7,7 @@ The interface (`base.py`):
   digests) under which per-source work is cached.
 - `Swapper.prepare(source) -> identity`: the per-source work, done once per source (a warm
   engine and every frame of a video reuse it). A learned family returns its `source` vector
-  (the embedding after the family's converter); an image-based swapper (classic, a mesh warp)
+  (the embedding after the family's converter); an image-based swapper (the mesh warp)
   returns whatever it derives from the source pixels and landmarks.
 - `Swapper.swap(frame, target_face, identity) -> SwapResult(crop, matrix, mask)`: the swapped
   face in crop space and the frame->crop transform; the pipeline masks, blends and pastes back.

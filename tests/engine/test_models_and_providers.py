@@ -135,7 +135,7 @@ def test_unknown_model_name_lists_the_catalog(tmp_path):
 def test_models_object_routes_auto_to_the_starter_models_without_production_models(tmp_path):
     m = Models(SwapOptions(models_dir=tmp_path, execution_providers=("cpu",)), make_registry(
         SwapOptions(models_dir=tmp_path, execution_providers=("cpu",))))
-    assert m.swapper_name == "classic" and m.recognizer_name is None
+    assert m.swapper_name == "mesh" and m.recognizer_name is None
     assert m.detector_name == "blazeface" and m.mesher_name == "facemesh_468"
 
 

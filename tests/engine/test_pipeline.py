@@ -1,4 +1,4 @@
-"""The still-image pipeline on real photos: classic swap, inswapper-signature stand-in, masks, enhancer."""
+"""The still-image pipeline on real photos: mesh swap, inswapper-signature stand-in, masks, enhancer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sealfuse.engine.api import Engine
 from sealfuse.engine.errors import ModelMissingError, NoReferenceMatchError
 from sealfuse.engine.imageio import read_image
 from sealfuse.engine.options import SwapOptions
-from sealfuse.engine.pipeline import Pipeline
+from sealfuse.engine.pipeline import Models, Pipeline, make_registry
 
 
 def _landmarks_sane(face) -> bool:
@@ -29,16 +29,16 @@ def test_six_faces_on_t1_with_sane_landmarks(cpu_options, hanks_png, t1_frame):
     assert all(f.score >= cpu_options.face_detector_score for f in faces)
 
 
-def test_classic_swap_changes_pixels_only_inside_the_union_of_face_masks(cpu_options, hanks_png, t1_frame):
+def test_mesh_swap_changes_pixels_only_inside_the_union_of_face_masks(cpu_options, hanks_png, t1_frame):
     pipe = Pipeline(cpu_options, hanks_png)
     faces = pipe.select(pipe.detect(t1_frame), t1_frame)
     out, union = pipe.render_with_mask(t1_frame, faces)
     changed = np.any(out != t1_frame, axis=2)
     assert changed.sum() > 6 * 500, "every face should change visibly"
     assert not np.any(changed & (union <= 0)), "a pixel outside every face mask changed"
-    # each face's centre (the nose) lies in the changed area
+    # each face's centre (between its eyes and mouth corners) lies in the changed area
     for f in faces:
-        x, y = np.round(f.kps[2]).astype(int)
+        x, y = np.round(f.kps[[0, 1, 3, 4]].mean(0)).astype(int)
         assert union[y, x] > 0.5
 
 
@@ -137,7 +137,7 @@ def test_inswapper_without_a_recognizer_names_the_missing_model(tmp_path, hanks_
 
 def test_reference_mode_without_a_recognizer_names_the_missing_model(cpu_options, hanks_png):
     opts = cpu_options.with_(face_selector_mode="reference", reference_face_image=hanks_png,
-                             face_swapper_model="classic")
+                             face_swapper_model="mesh")
     with pytest.raises(ModelMissingError, match="w600k_r50.onnx"):
         Pipeline(opts, hanks_png)
 
@@ -158,10 +158,10 @@ def test_scrfd_is_used_when_supplied_and_its_detections_map_back_to_the_frame(tm
 
     models = models_dir(tmp_path / "m", swapper=False, recognizer=False, detector=True)
     frame = np.full((960, 1280, 3), 128, np.uint8)
-    opts = SwapOptions(models_dir=models, execution_providers=("cpu",), face_swapper_model="classic")
-    pipe = Pipeline(opts, frame)  # the stand-in reports its one face in any image, the source too
-    assert pipe.models.detector_name == "scrfd_10g"
-    faces = pipe.detect(frame)
+    opts = SwapOptions(models_dir=models, execution_providers=("cpu",))
+    m = Models(opts, make_registry(opts))
+    assert m.detector_name == "scrfd_10g" and m.mesher_name == "facemesh_468"
+    faces = m.detector().detect(frame)  # the stand-in reports its one face in any image
     assert len(faces) == 1
     box, kps = scrfd_expected()
     scale = 1280 / 640  # SCRFD letterboxes 1280x960 into its 640x640 input

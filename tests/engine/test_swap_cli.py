@@ -41,7 +41,7 @@ def test_swap_writes_the_output_and_a_json_report(hanks_png, t1_jpg, tmp_path, e
     out = tmp_path / "out.png"
     code, report = _run(["-s", str(hanks_png), "-t", str(t1_jpg), "-o", str(out), "--models-dir", str(empty_models)])
     assert code == 0, report
-    assert report["ok"] and report["swapper"] == "classic" and len(report["faces"]) == 6
+    assert report["ok"] and report["swapper"] == "mesh" and len(report["faces"]) == 6
     face = report["faces"][0]
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and 0 < face["score"] <= 1
     assert cv2.imread(str(out)).shape == (886, 1280, 3)

@@ -14,11 +14,11 @@ from sealfuse.engine.swappers import Source, Swapper, family_of, swapper_names, 
 
 def test_every_swapper_name_maps_to_a_swapper_class_with_a_catalog_entry():
     names = swapper_names()
-    assert {"classic", "inswapper_128", "inswapper_128_fp16"} <= set(names)
+    assert {"mesh", "inswapper_128", "inswapper_128_fp16"} <= set(names)
     for name in names:
         cls = family_of(name)
         assert issubclass(cls, Swapper)
-        if name != "classic":
+        if name != "mesh":
             assert CATALOG[name].family == cls.family, name
     assert all(CATALOG[s.name] == s for s in swapper_specs())
 
@@ -72,13 +72,14 @@ def test_identity_is_prepared_once_per_source_and_reused(standin_models, hanks_p
     assert len(calls) == 1 and calls[0].key == other.source.key
 
 
-def test_classic_is_a_swapper_that_needs_no_recognizer(cpu_options, hanks_png, t1_frame):
-    pipe = Pipeline(cpu_options.with_(face_swapper_model="classic"), hanks_png)
+def test_mesh_is_a_swapper_that_needs_no_recognizer(cpu_options, hanks_png, t1_frame):
+    pipe = Pipeline(cpu_options.with_(face_swapper_model="mesh"), hanks_png)
     swapper = pipe.models.swapper()
-    assert swapper.family == "classic" and not swapper.needs_embedding
+    assert swapper.family == "mesh" and not swapper.needs_embedding
     assert pipe.models.recognizer_name is None
     face = pipe.detect(t1_frame)[0]
     result = swapper.swap(t1_frame, face, pipe.models.identity(pipe.source))
-    assert result.crop.shape == (256, 256, 3) and result.mask is not None
-    # the feather is zero at the crop's corners and high in the middle of the face
-    assert result.mask[0, 0] == 0.0 and result.mask[128, 128] > 0.9
+    side = result.crop.shape[0]
+    assert result.crop.shape == (side, side, 3) and result.mask is not None and result.mask.shape == (side, side)
+    # the mask is zero at the crop's corners and full in the middle of the face
+    assert result.mask[0, 0] == 0.0 and result.mask[side // 2, side // 2] > 0.9
