@@ -135,7 +135,7 @@ def test_a_face_map_that_matches_nothing_is_a_no_match_error(ghost_models, hanks
 
 def test_face_map_without_a_recognizer_says_so(tmp_path, hanks_png):
     models = standins.models_dir(tmp_path / "m", swapper=False, recognizer=False)
-    opts = SwapOptions(models_dir=models, execution_providers=("cpu",), face_swapper_model="classic",
+    opts = SwapOptions(models_dir=models, execution_providers=("cpu",), face_swapper_model="mesh",
                        face_map=((hanks_png, hanks_png),))
     with pytest.raises(ModelMissingError, match="--face-map needs a face recognizer") as info:
         Pipeline(opts, None)

@@ -169,7 +169,7 @@ def standins_cpu():
 
 
 def _enhanced(models: Path, hanks_png: Path, frame: np.ndarray, name: str, **kw) -> tuple[np.ndarray, np.ndarray]:
-    opts = _options(models, "classic", frame_processors=("face_enhancer",), face_enhancer_model=name,
+    opts = _options(models, "mesh", frame_processors=("face_enhancer",), face_enhancer_model=name,
                     face_enhancer_blend=1.0, **kw)
     pipe = Pipeline(opts, hanks_png)
     faces = pipe.select(pipe.detect(frame), frame)[:1]

@@ -118,7 +118,7 @@ def test_pixel_limit_is_configurable(hanks_png, t1_jpg, tmp_path, empty_models):
     assert (rc, report["reason"]) == (3, "too_large") and report["evidence"]["width"] == 1280
 
 
-def test_help_states_defaults_exit_codes_and_that_classic_is_demo_grade():
+def test_help_states_defaults_exit_codes_and_that_mesh_is_demo_grade():
     res = CliRunner().invoke(main, ["swap", "--help"], terminal_width=200)
     text = " ".join(res.output.split())
     assert "DEMO GRADE" in text and "Exit codes" in text
