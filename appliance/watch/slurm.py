@@ -378,6 +378,10 @@ class SlurmDispatcher(Dispatcher):
                         sbatch_args=self.sbatch_args(t.request))))
 
     def _track(self) -> None:
+        if not self.jobs:
+            if self.metrics is not None:
+                self.metrics.set_slurm_states({})
+            return  # nothing in flight: no need to ask the controller
         listing = self._listing()
         if listing is None:
             return  # controller unreachable: decide nothing, try again next poll
