@@ -149,10 +149,11 @@ def run(spool: Path, job_id: str, *, tmp_dir: Path | None = None) -> dict[str, A
                 write_json_atomic(jdir / "progress.json", {"slurm_job_id": slurm_id, **info}, mode=0o640)
 
     try:
-        from sealfuse.engine import Engine, EngineError, SwapOptions
+        from sealfuse.engine import Engine, EngineError, ProvenanceConfig, SwapOptions
 
         try:
-            engine = Engine(SwapOptions(**to_options_kwargs(request.get("engine", {}))))
+            engine = Engine(SwapOptions(**to_options_kwargs(request.get("engine", {}))),
+                            provenance=ProvenanceConfig.from_dict(request.get("provenance")))
         except EngineError as exc:
             doc = {**exc.to_dict(), "stage": "load"}
             _write_error(jdir, slurm_id, doc)

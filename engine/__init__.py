@@ -15,6 +15,8 @@ _SURFACE = {
     "is_video": "api",
     "SwapOptions": "options",
     "EngineError": "errors",
+    "ProvenanceConfig": "provenance",
+    "Provenance": "provenance",
     "EXIT_CODES": "errors",
     "IMAGE_EXTS": "formats",
     "VIDEO_EXTS": "formats",

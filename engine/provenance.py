@@ -112,6 +112,14 @@ class ProvenanceConfig:
         return {"key": str(self.key) if self.key else None, "chain": str(self.chain) if self.chain else None,
                 "require": self.require}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> ProvenanceConfig:
+        """The inverse of `to_dict`; None means `from_environment()` (the installed key, if any)."""
+        if d is None:
+            return cls.from_environment()
+        return cls(Path(d["key"]) if d.get("key") else None, Path(d["chain"]) if d.get("chain") else None,
+                   bool(d.get("require", False)))
+
 
 @dataclass(frozen=True)
 class Claim:

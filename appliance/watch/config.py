@@ -42,6 +42,9 @@ JOB_OPTIONS_SCHEMA: dict[str, Any] = {
                                          "medium", "slow", "slower", "veryslow"]},
         "trim_frame_start": {"type": "integer", "minimum": 0},
         "trim_frame_end": {"type": "integer", "minimum": 1},
+        # the visible disclosure (EU AI Act Article 50(4)) drawn into the output; not the job's own `label`
+        "label": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "^[ -~]*[!-~][ -~]*$"},
+        "label_corner": {"enum": ["bottom-right", "bottom-left", "top-right", "top-left"]},
     },
 }
 
@@ -162,6 +165,16 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "slurm": SLURM_SCHEMA,
             },
         },
+        # C2PA content credentials: key and chain default to the installed release's provenance/
+        "provenance": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "require": {"type": "boolean"},
+                "key": {"type": "string", "minLength": 1},
+                "chain": {"type": "string", "minLength": 1},
+            },
+        },
         "presets": {
             "type": "object",
             "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
@@ -221,6 +234,21 @@ class WatchConfig:
     source_file: str | None = None
     dispatch_backend: str = "local"  # [dispatch] backend
     slurm: dict[str, Any] = field(default_factory=dict)  # [dispatch.slurm]
+    provenance_require: bool = False  # [provenance] require: refuse jobs whose output cannot be signed
+    provenance_key: str | None = None  # [provenance] key (default: the installed release's)
+    provenance_chain: str | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """The signing key, chain and policy for the engine (JSON-ready, for workers and Slurm jobs)."""
+        from sealfuse.engine.provenance import ProvenanceConfig
+
+        if self.provenance_key or self.provenance_chain:
+            cfg = ProvenanceConfig(Path(self.provenance_key) if self.provenance_key else None,
+                                   Path(self.provenance_chain) if self.provenance_chain else None,
+                                   self.provenance_require)
+        else:
+            cfg = ProvenanceConfig.from_environment(require=self.provenance_require)
+        return cfg.to_dict()
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for the worker's base SwapOptions."""
@@ -282,4 +310,7 @@ def load_config(path: Path | None) -> WatchConfig:
                        gpu_device_id=data.get("gpu", {}).get("device_id"),
                        presets=presets, source_file=str(path),
                        dispatch_backend=data.get("dispatch", {}).get("backend", "local"),
-                       slurm=dict(data.get("dispatch", {}).get("slurm", {})))
+                       slurm=dict(data.get("dispatch", {}).get("slurm", {})),
+                       provenance_require=bool(data.get("provenance", {}).get("require", False)),
+                       provenance_key=data.get("provenance", {}).get("key"),
+                       provenance_chain=data.get("provenance", {}).get("chain"))

@@ -10,6 +10,7 @@ import hashlib
 import os
 import select
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ class Daemon:
         self._stop_announced = False
         self.stop_deadline = 0.0
         self.ready_sent = False
+        self.signing: dict[str, Any] = {}  # the C2PA signing status, set by setup()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._last_status = ""
         self._last_status_t = 0.0
@@ -115,7 +117,8 @@ class Daemon:
         if self.models_dir:
             opts["models_dir"] = str(self.models_dir)
             env["SEALFUSE_MODELS_DIR"] = str(self.models_dir)
-        return LocalDispatcher(concurrency=self.cfg.concurrency, init={"options": opts}, env=env,
+        return LocalDispatcher(concurrency=self.cfg.concurrency,
+                               init={"options": opts, "provenance": self.cfg.provenance()}, env=env,
                                command=command, max_rss_mb=self.cfg.max_rss_mb,
                                rss_poll_seconds=self.cfg.rss_poll_seconds,
                                start_timeout_seconds=self.cfg.worker_start_timeout_seconds)
@@ -130,7 +133,7 @@ class Daemon:
         env.pop("NOTIFY_SOCKET", None)
         return SlurmDispatcher(SlurmSettings.from_table(self.cfg.slurm), spool=self.paths.spool,
                                engine_options=opts, retain_inputs=self.cfg.retain_inputs,
-                               metrics=self.metrics, env=env)
+                               metrics=self.metrics, env=env, provenance=self.cfg.provenance())
 
     # ---------------------------------------------------------------- startup / shutdown
     def setup(self) -> None:
@@ -148,6 +151,7 @@ class Daemon:
             for what, src in (("source", preset.source), ("reference", preset.reference)):
                 if src is not None and not src.is_file():
                     raise errors.ConfigError(f"preset {name!r}: {what} face image {src} is not a readable file")
+        self.signing = self._provenance_status()
         self.db = StateDB(paths.state / "state.sqlite")
         jobs_tmp = paths.jobs_tmp  # residue from a previous run: per-job temporaries
         if jobs_tmp.exists():
@@ -160,7 +164,8 @@ class Daemon:
         self.book.status.setup()
         self.audit.append("started", version=__version__, pid=os.getpid(), config=self.cfg.source_file,
                           config_sha256=_file_digest(self.cfg.source_file), spool=str(paths.spool),
-                          presets=sorted(self.cfg.presets), concurrency=self.cfg.concurrency)
+                          presets=sorted(self.cfg.presets), concurrency=self.cfg.concurrency,
+                          provenance=self.signing)
         self.book.recover(self.dispatcher)
         self.watcher.start()
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -348,6 +353,19 @@ class Daemon:
             self.audit.append("worker_restarted", job=event.job_id,
                               **{k: v for k, v in event.info.items()})
 
+    def _provenance_status(self) -> dict[str, Any]:
+        """Load the C2PA signing key once here too, so a broken key stops the start with its reason and
+        an unsigned appliance says so in the journal, the audit log and `systemctl status`."""
+        from sealfuse.engine.provenance import Provenance, ProvenanceConfig, ProvenanceError
+
+        try:
+            status = Provenance(ProvenanceConfig.from_dict(self.cfg.provenance())).status()
+        except ProvenanceError as exc:
+            raise errors.ConfigError(f"[provenance]: {exc.message}") from None
+        if not status["signing"]:
+            print(f"sealfuse watch: WARNING: {status['message']}", file=sys.stderr, flush=True)
+        return status
+
     # ---------------------------------------------------------------- status
     def _status_text(self) -> str:
         assert self.book is not None
@@ -356,8 +374,9 @@ class Daemon:
             frame = f" frame {prog.get('frame')}/{prog.get('total')}" if prog.get("frame") else ""
             running.append(f"{job_id}{frame}")
         state = "stopping" if self.stopping else ("ready" if self.ready_sent else "loading models")
+        unsigned = "" if self.signing.get("signing", True) else "; outputs UNSIGNED (no C2PA key)"
         return (f"{state}; queue {len(self.book.queue) + self.watcher.pending_drops()}; "
-                f"running {', '.join(running) if running else 'none'}")
+                f"running {', '.join(running) if running else 'none'}{unsigned}")
 
     def _write_metrics(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -196,8 +196,10 @@ class JobBook:
         frames = int(frames or (1 if report.get("kind") == "image" else 0) or 0)
         self.db.upsert(job.job_id, state="done")
         where = {k: v for k, v in (placement or {}).items() if k in ("backend", "slurm_job_id", "node") and v}
+        signed = report.get("provenance") or {}
         self.audit.append("done", job=job.job_id, key=job.key, inputs=job.digests,
                           output_sha256=result["output"].get("sha256") or (placement or {}).get("output_sha256"),
+                          manifest=signed.get("manifest_id"), signed=bool(signed.get("signed")),
                           seconds=round(seconds, 3), faces=len(report.get("faces", []) or []), frames=frames,
                           **where)
         self.metrics.job_finished("done", "ok", seconds, frames)

@@ -135,8 +135,10 @@ class SlurmDispatcher(Dispatcher):
     keeps_jobs_across_restart = True
 
     def __init__(self, settings: SlurmSettings, *, spool: Path, engine_options: dict[str, Any],
-                 retain_inputs: bool = False, metrics: Any = None, env: dict[str, str] | None = None) -> None:
+                 retain_inputs: bool = False, metrics: Any = None, env: dict[str, str] | None = None,
+                 provenance: dict[str, Any] | None = None) -> None:
         self.s = settings
+        self.provenance = provenance  # C2PA signing key, chain, require (None: the node's installed key)
         self.spool = spool.absolute()
         self.engine_options = engine_options
         self.retain_inputs = retain_inputs
@@ -278,7 +280,8 @@ class SlurmDispatcher(Dispatcher):
         jdir.mkdir(parents=True, exist_ok=True, mode=0o750)
         doc = {"version": REQUEST_VERSION, "job_id": request.job_id, "source": str(request.source),
                "target": str(request.target), "options": request.options, "engine": self.engine_options,
-               "retain_inputs": self.retain_inputs, "timeout_seconds": request.timeout_seconds}
+               "retain_inputs": self.retain_inputs, "timeout_seconds": request.timeout_seconds,
+               "provenance": self.provenance}
         if "reference_face_image" in request.options:
             doc["reference"] = request.options["reference_face_image"]
         write_json_atomic(jdir / "request.json", doc, mode=0o640)

@@ -65,11 +65,12 @@ def main(before_job: Callable[[dict[str, Any]], None] | None = None) -> int:
     if not line:
         return 0
     init = json.loads(line)
-    from sealfuse.engine import Engine, EngineError, SwapOptions
+    from sealfuse.engine import Engine, EngineError, ProvenanceConfig, SwapOptions
 
     t0 = time.monotonic()
     try:
-        engine = Engine(SwapOptions(**to_options_kwargs(init.get("options", {}))))
+        engine = Engine(SwapOptions(**to_options_kwargs(init.get("options", {}))),
+                        provenance=ProvenanceConfig.from_dict(init.get("provenance")))
     except EngineError as exc:
         _send(proto, {"op": "fatal", "error": exc.to_dict()})
         return 3
@@ -94,7 +95,7 @@ def main(before_job: Callable[[dict[str, Any]], None] | None = None) -> int:
                 before_job(msg)
             opts = engine.options.with_(**to_options_kwargs(msg.get("options", {})))
             report = engine.swap_file(Path(msg["source"]), Path(msg["target"]), Path(msg["output"]), opts,
-                                      progress=progress)
+                                      progress=progress, job_id=job_id)
             _send(proto, {"op": "result", "job_id": job_id, "ok": True, "report": report,
                           "seconds": time.monotonic() - started})
         except EngineError as exc:
