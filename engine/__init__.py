@@ -17,6 +17,7 @@ _SURFACE = {
     "EngineError": "errors",
     "ProvenanceConfig": "provenance",
     "Provenance": "provenance",
+    "ProvenanceError": "provenance",
     "EXIT_CODES": "errors",
     "IMAGE_EXTS": "formats",
     "VIDEO_EXTS": "formats",

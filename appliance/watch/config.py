@@ -240,7 +240,7 @@ class WatchConfig:
 
     def provenance(self) -> dict[str, Any]:
         """The signing key, chain and policy for the engine (JSON-ready, for workers and Slurm jobs)."""
-        from sealfuse.engine.provenance import ProvenanceConfig
+        from sealfuse.engine import ProvenanceConfig
 
         if self.provenance_key or self.provenance_chain:
             cfg = ProvenanceConfig(Path(self.provenance_key) if self.provenance_key else None,

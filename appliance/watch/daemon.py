@@ -356,7 +356,7 @@ class Daemon:
     def _provenance_status(self) -> dict[str, Any]:
         """Load the C2PA signing key once here too, so a broken key stops the start with its reason and
         an unsigned appliance says so in the journal, the audit log and `systemctl status`."""
-        from sealfuse.engine.provenance import Provenance, ProvenanceConfig, ProvenanceError
+        from sealfuse.engine import Provenance, ProvenanceConfig, ProvenanceError
 
         try:
             status = Provenance(ProvenanceConfig.from_dict(self.cfg.provenance())).status()
