@@ -165,6 +165,9 @@ def status(root: Path, as_json: bool) -> None:
             f"signed by: {', '.join(s['name'] for s in sig.get('signers') or []) or '-'} "
             f"(threshold {sig.get('threshold', '-')}), manifest {sig.get('manifest_sha256', '-')}",
             f"validity:  {sig.get('created', '-')} .. {sig.get('expires', '-')}",
+            f"licences:  policy {doc['licence_policy'] or '-'}; "
+            + (", ".join(f"{m['name']} ({m['licence_class'] or 'unknown'})"
+                         for m in doc["models"]) or "no models"),
         ]
         click.echo("\n".join(lines))
     if not doc["installed"]:

@@ -108,6 +108,10 @@ def status(layout: Layout | None = None, systemd: Systemd | None = None) -> dict
         "signature": {k: info.get(k) for k in ("manifest_sha256", "signers", "threshold",
                                                "sigstore", "created", "expires", "installed",
                                                "downgrade")} if info else None,
+        # A release made from a bundle without a policy (older) is "any".
+        "licence_policy": info.get("licence_policy", "any") if info else None,
+        "models": [{k: m.get(k) for k in ("name", "licence", "licence_class")}
+                   for m in info.get("models", [])] if info else [],
         "history": record.history[-5:],
     }
 

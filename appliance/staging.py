@@ -123,8 +123,10 @@ def stage_release(bundle: Path, trust: Trust, staging: Path, *, python: str,
         models.mkdir()
     # The engine's registry refuses any model without a pin: write the pins from the verified
     # manifest, so each session is created only from a file matching its signed sha256.
+    # ... and the bundle's licence policy with each model's licence class (verifier/licences.py).
     write_lock(models, [{"name": m.name, "file": Path(m.file).name, "sha256": m.sha256,
-                         "size": m.size, "licence": m.licence} for m in vb.models])
+                         "size": m.size, "licence": m.licence, "licence_class": m.licence_class}
+                        for m in vb.models], licence_policy=vb.manifest.licence_policy)
     models_fd = fsutil.open_dir(models, require_trusted=True)
     try:
         for name in os.listdir(models_fd):

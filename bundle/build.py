@@ -12,16 +12,16 @@ import re
 import subprocess
 import sys
 import tempfile
-import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sealfuse.bundle.errors import BuildError, LicenceMissingError, ModelDigestError, WheelError
+from sealfuse.bundle.errors import BuildError, WheelError
+from sealfuse.bundle.models import check_policy, collect_models
 from sealfuse.bundle.tarwrite import PayloadFile, write_bundle
-from sealfuse.verifier.inputs import MAX_TRUST_BYTES, loads_strict, open_regular, read_regular
+from sealfuse.verifier.inputs import open_regular
+from sealfuse.verifier.licences import DEFAULT_POLICY, LicencePolicy
 from sealfuse.verifier.model import (
     LockEntry,
     Manifest,
@@ -29,24 +29,8 @@ from sealfuse.verifier.model import (
     ModelEntry,
     Platform,
     Version,
-    check_member_path,
 )
 
-NONCOMMERCIAL = "non-commercial research only (insightface model licence)"
-# Licences of the production models sealfuse knows (ARCHITECTURE.md, "Licences"); anything else
-# needs --licence FILE=TEXT or an entry in the models catalog.json.
-KNOWN_LICENCES: dict[str, str] = {
-    "inswapper_128.onnx": NONCOMMERCIAL,
-    "inswapper_128_fp16.onnx": NONCOMMERCIAL,
-    "w600k_r50.onnx": NONCOMMERCIAL,
-    "det_10g.onnx": NONCOMMERCIAL,
-    "det_2.5g.onnx": NONCOMMERCIAL,
-    "gfpgan_1.4.onnx": "Apache-2.0",
-    "bisenet_resnet_34.onnx": "MIT",
-    "codeformer.onnx": "S-Lab License 1.0",
-    "xseg.onnx": "GPL-3.0",
-}
-CATALOG_NAME = "catalog.json"
 # Never both of a pair in one lock (installed with --no-deps, the last one would win silently).
 CONFLICTS = [
     {"opencv-python", "opencv-python-headless", "opencv-contrib-python",
@@ -115,15 +99,6 @@ class Wheel:
                              target=arch, tags=self.platform_tags)
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """A model file to ship, with its catalog name and licence."""
-
-    path: Path
-    name: str
-    licence: str
-
-
 @dataclass
 class BuildInputs:
     """Everything `sealfuse bundle build` takes; paths may be missing or empty."""
@@ -139,6 +114,7 @@ class BuildInputs:
     models_dir: Path | None = None
     model_urls: Sequence[str] = ()
     licences: Mapping[str, str] = field(default_factory=dict)
+    licence_policy: LicencePolicy = DEFAULT_POLICY
     units_dir: Path | None = Path("systemd")
     hardening_dir: Path | None = Path("hardening")
     configs: Sequence[Path] = ()
@@ -216,78 +192,6 @@ def collect_wheels(dirs: Iterable[Path], python_tag: str, arch: str) -> list[Whe
             raise WheelError(f"the lock may carry only one of {present} (installed with --no-deps)",
                              conflict=present)
     return [wheels[n] for n in sorted(wheels)]
-
-
-def parse_model_url(spec: str) -> tuple[str, str, str]:
-    """`URL#sha256=HEX` -> (url, filename, sha256)."""
-    url, _, fragment = spec.partition("#")
-    params = urllib.parse.parse_qs(fragment)
-    digest = (params.get("sha256") or [""])[0].lower()
-    if not _HEX64.fullmatch(digest):
-        raise BuildError(f"--model-url {spec!r} needs a pinned digest: URL#sha256=<64 hex>",
-                         url=url)
-    name = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
-    if not name or check_member_path(name) or "/" in name:
-        raise BuildError(f"cannot take a safe file name from {url!r}", url=url)
-    return url, name, digest
-
-
-def fetch_model(spec: str, dest_dir: Path) -> Path:
-    """Download a pinned model; refuse (and remove the download) if its sha256 differs."""
-    url, name, expected = parse_model_url(spec)
-    target = dest_dir / name
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=120) as resp, open(target, "wb") as out:  # noqa: S310
-            while chunk := resp.read(CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-    except OSError as exc:
-        target.unlink(missing_ok=True)
-        raise BuildError(f"cannot download {url}: {exc}", url=url) from exc
-    actual = h.hexdigest()
-    if actual != expected:
-        target.unlink(missing_ok=True)
-        raise ModelDigestError(f"{url}: sha256 {actual} does not match the pinned {expected}",
-                               url=url, expected=expected, actual=actual)
-    return target
-
-
-def _read_catalog(models_dir: Path | None) -> dict[str, dict[str, str]]:
-    if models_dir is None or not (models_dir / CATALOG_NAME).is_file():
-        return {}
-    path = models_dir / CATALOG_NAME
-    data = loads_strict(read_regular(path, "models catalog", MAX_TRUST_BYTES),
-                        duplicate=BuildError, invalid=BuildError, what=str(path), path=str(path))
-    try:
-        return {str(e["file"]): {k: str(v) for k, v in e.items()} for e in data["models"]}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BuildError(f"{path} is not a valid models catalog: {exc!r}", path=str(path)) from exc
-
-
-def collect_models(inputs: BuildInputs, download_dir: Path) -> list[ModelSource]:
-    catalog = _read_catalog(inputs.models_dir)
-    paths: list[Path] = []
-    if inputs.models_dir is not None:
-        if not inputs.models_dir.is_dir():
-            raise BuildError(f"--models {inputs.models_dir} is not a directory")
-        paths += [p for p in sorted(inputs.models_dir.iterdir())
-                  if p.is_file() and not p.name.startswith(".") and p.name != CATALOG_NAME]
-    paths += [fetch_model(spec, download_dir) for spec in inputs.model_urls]
-    models: list[ModelSource] = []
-    seen: set[str] = set()
-    for p in paths:
-        if p.name in seen:
-            raise BuildError(f"model file name {p.name} given twice", file=p.name)
-        seen.add(p.name)
-        entry = catalog.get(p.name, {})
-        licence = inputs.licences.get(p.name) or entry.get("licence") or KNOWN_LICENCES.get(p.name)
-        if not licence:
-            raise LicenceMissingError(
-                f"no licence recorded for model {p.name}; pass --licence {p.name}=<licence> or "
-                f"add it to {CATALOG_NAME} in the models directory", file=p.name)
-        models.append(ModelSource(p, entry.get("name") or p.stem, licence))
-    return models
 
 
 def _tree(root: Path | None, prefix: str, kind: str, warnings: list[str]) -> list[tuple[str, Path, str]]:
@@ -377,7 +281,9 @@ def build_bundle(inputs: BuildInputs) -> BuildResult:
         if not wheels:
             warnings.append("no wheels: the bundle installs no Python packages")
         (tmp / "models").mkdir()
-        models = collect_models(inputs, tmp / "models")
+        models = collect_models(inputs.models_dir, inputs.model_urls, inputs.licences,
+                                tmp / "models")
+        check_policy(models, LicencePolicy(inputs.licence_policy))
 
         files: list[tuple[str, Path, str]] = []
         hashed_wheels: list[tuple[Wheel, str]] = []
@@ -418,7 +324,8 @@ def build_bundle(inputs: BuildInputs) -> BuildResult:
         model_entries = tuple(
             ModelEntry(m.name, f"payload/models/{m.path.name}",
                        members[f"payload/models/{m.path.name}"].sha256,
-                       members[f"payload/models/{m.path.name}"].size, m.licence)
+                       members[f"payload/models/{m.path.name}"].size, m.licence,
+                       str(m.licence_class))
             for m in models)
         lock = tuple(LockEntry(w.name, w.version, f"payload/wheels/{w.path.name}", sha)
                      for w, sha in hashed_wheels)
@@ -427,7 +334,8 @@ def build_bundle(inputs: BuildInputs) -> BuildResult:
             expires=created + dt.timedelta(days=inputs.expires_days),
             platform=Platform(inputs.python_tag, inputs.arch, inputs.platform_tag),
             members=tuple(sorted(members.values(), key=lambda m: m.path)),
-            models=model_entries, lock=lock)
+            models=model_entries, lock=lock,
+            licence_policy=str(LicencePolicy(inputs.licence_policy)))
         manifest_bytes = manifest.canonical_bytes()
         Manifest.from_bytes(manifest_bytes)  # the verifier's own schema check
         inputs.out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import click
 
 from sealfuse.bundle.errors import BUILD_EXIT_CODES, BundleError
 from sealfuse.verifier.errors import VerificationError, exit_code_help
+from sealfuse.verifier.licences import DEFAULT_POLICY, LicencePolicy
 
 _EPILOG = exit_code_help(BUILD_EXIT_CODES) + (
     "\n20-62  a bundle read by sign or inspect fails a structural check "
@@ -66,6 +67,11 @@ def _licence(values: tuple[str, ...]) -> dict[str, str]:
               help="Download a model with a pinned sha256; a wrong digest is refused. Repeat.")
 @click.option("--licence", "licences", multiple=True, metavar="FILE=LICENCE",
               help="Licence of a model file (overrides the catalog). Repeat.")
+@click.option("--licence-policy", type=click.Choice([p.value for p in LicencePolicy]),
+              default=DEFAULT_POLICY.value, show_default=True,
+              help="`commercial`: refuse (exit 84) any model whose licence class is "
+                   "noncommercial, research or unknown, naming each file and licence. The "
+                   "policy is recorded in the signed manifest.")
 @click.option("--units-dir", default="systemd", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="systemd units (missing or empty: warned, bundle has none).")
@@ -86,8 +92,9 @@ def _licence(values: tuple[str, ...]) -> dict[str, str]:
 def build(version: str, out_dir: Path, product: str, python_version: str, platform_tag: str,
           wheelhouse: Path | None, requirements: tuple[Path, ...], pip_no_deps: bool,
           models_dir: Path | None, model_urls: tuple[str, ...], licences: tuple[str, ...],
-          units_dir: Path, hardening_dir: Path, configs: tuple[Path, ...],
-          images: tuple[Path, ...], provenance_dir: Path | None, expires_days: int, as_json: bool) -> None:
+          licence_policy: str, units_dir: Path, hardening_dir: Path, configs: tuple[Path, ...],
+          images: tuple[Path, ...], provenance_dir: Path | None, expires_days: int,
+          as_json: bool) -> None:
     """Build an unsigned, reproducible bundle <product>-<version>-<cpXY>-<arch>.bundle.
 
     created = SOURCE_DATE_EPOCH (default: now), expires = created + --expires-days. Building
@@ -100,8 +107,9 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
         version=version, out_dir=out_dir, product=product, python_version=python_version,
         platform_tag=platform_tag, wheelhouse=wheelhouse, requirements=requirements,
         pip_no_deps=pip_no_deps, models_dir=models_dir, model_urls=model_urls,
-        licences=_licence(licences), units_dir=units_dir, hardening_dir=hardening_dir,
-        configs=configs, images=images, provenance_dir=provenance_dir, expires_days=expires_days)
+        licences=_licence(licences), licence_policy=LicencePolicy(licence_policy),
+        units_dir=units_dir, hardening_dir=hardening_dir, configs=configs, images=images,
+        provenance_dir=provenance_dir, expires_days=expires_days)
     try:
         result = build_bundle(inputs)
     except _ERRORS as exc:
@@ -111,15 +119,18 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
         click.echo(json.dumps({
             "ok": True, "bundle": str(result.path), "sha256": result.sha256,
             "version": m.version, "members": len(m.members), "warnings": list(result.warnings),
-            "models": [{"name": e.name, "file": e.file, "licence": e.licence} for e in m.models],
+            "licence_policy": m.licence_policy,
+            "models": [{"name": e.name, "file": e.file, "licence": e.licence,
+                        "licence_class": e.licence_class} for e in m.models],
         }, indent=2, sort_keys=True))
         return
     for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"built {result.path} ({len(m.members)} members)")
     click.echo(f"  sha256 {result.sha256}")
+    click.echo(f"  licence policy: {m.licence_policy}")
     for e in m.models:
-        click.echo(f"  model {e.name} ({e.file}): licence {e.licence}")
+        click.echo(f"  model {e.name} ({e.file}): licence {e.licence} [{e.licence_class}]")
     click.echo(f"  {len(m.lock)} wheels locked; expires {m.expires.isoformat()}; unsigned")
 
 
@@ -219,9 +230,9 @@ def inspect(bundle_path: Path, trust_path: Path | None, as_json: bool) -> None:
                f"expires {m.expires.isoformat()}")
     for mem in m.members:
         click.echo(f"  {mem.kind:<9} {mem.size:>12}  {mem.sha256[:16]}  {mem.path}")
-    click.echo("licences:")
+    click.echo(f"licences (policy {m.licence_policy}):")
     for e in m.models:
-        click.echo(f"  {e.name}: {e.licence}")
+        click.echo(f"  {e.name}: {e.licence} [{e.licence_class}]")
     if not m.models:
         click.echo("  (no models)")
     click.echo(f"signatures ({len(signers)} key(s)):")

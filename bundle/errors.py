@@ -45,6 +45,13 @@ class LicenceMissingError(BuildError):
     exit_code = 83
 
 
+class LicencePolicyError(BuildError):
+    """--licence-policy commercial refuses a model whose licence is non-commercial, research-only
+    or unknown (the error names every such file and licence)."""
+
+    exit_code = 84
+
+
 class SigningError(BundleError):
     """A signature cannot be added to a bundle."""
 

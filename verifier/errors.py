@@ -250,6 +250,13 @@ class ManifestDuplicateKeyError(ManifestError):
     exit_code = 32
 
 
+class LicencePolicyViolationError(ManifestError):
+    """The signed manifest declares `licence_policy: commercial` but lists a model whose licence
+    class is not commercial."""
+
+    exit_code = 33
+
+
 class ExpiredManifestError(VerificationError):
     """The manifest's `expires` time has passed."""
 

@@ -14,8 +14,13 @@ from typing import Any
 
 import rfc8785
 
-from sealfuse.verifier.errors import ManifestDuplicateKeyError, ManifestError
+from sealfuse.verifier.errors import (
+    LicencePolicyViolationError,
+    ManifestDuplicateKeyError,
+    ManifestError,
+)
 from sealfuse.verifier.inputs import loads_strict
+from sealfuse.verifier.licences import DEFAULT_POLICY, LicenceClass, LicencePolicy, known
 
 MANIFEST_TYPE = "sealfuse-manifest"
 SPEC_VERSION = 1
@@ -108,6 +113,7 @@ class ModelEntry:
     sha256: str
     size: int
     licence: str
+    licence_class: str = LicenceClass.UNKNOWN.value
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,8 @@ class Manifest:
     models: tuple[ModelEntry, ...] = ()
     lock: tuple[LockEntry, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Which licence classes the bundle may carry; a manifest without the field means "any".
+    licence_policy: str = DEFAULT_POLICY.value
 
     @property
     def version_key(self) -> Version:
@@ -166,7 +174,9 @@ class Manifest:
             "members": [{"path": m.path, "size": m.size, "sha256": m.sha256, "kind": m.kind}
                         for m in sorted(self.members, key=lambda m: m.path)],
             "models": [{"name": e.name, "file": e.file, "sha256": e.sha256, "size": e.size,
-                        "licence": e.licence} for e in self.models],
+                        "licence": e.licence, "licence_class": e.licence_class}
+                       for e in self.models],
+            "licence_policy": self.licence_policy,
             "lock": [{"name": e.name, "version": e.version, "file": e.file, "sha256": e.sha256}
                      for e in self.lock],
         }
@@ -231,7 +241,7 @@ def _time(data: Mapping[str, Any], key: str) -> dt.datetime:
 
 
 _KNOWN_FIELDS = {"_type", "spec_version", "product", "version", "created", "expires",
-                 "platform", "members", "models", "lock"}
+                 "platform", "members", "models", "lock", "licence_policy"}
 
 
 def _parse_manifest(data: Any) -> Manifest:
@@ -276,11 +286,27 @@ def _parse_manifest(data: Any) -> Manifest:
             raise ManifestError(f"members[{i}].kind {kind!r} not one of {sorted(KINDS)}", path=path)
         members.append(Member(path, size, _sha(m.get("sha256"), f"members[{i}]"), kind))
     by_path = {m.path: m for m in members}
+    policy = data.get("licence_policy", DEFAULT_POLICY.value)
+    if policy not in {p.value for p in LicencePolicy}:
+        raise ManifestError(f"manifest licence_policy {policy!r} is not one of "
+                            f"{sorted(p.value for p in LicencePolicy)}", field="licence_policy")
     models: list[ModelEntry] = []
     for i, e in enumerate(data.get("models", [])):
-        entry = ModelEntry(name=_need(e, "name", str), file=_need(e, "file", str),
+        file = _need(e, "file", str)
+        table = known(file.rsplit("/", 1)[-1])
+        # An older manifest has no licence_class: sealfuse's table (or unknown) stands in.
+        cls = e.get("licence_class", table.licence_class.value if table else "unknown")
+        if cls not in {c.value for c in LicenceClass}:
+            raise ManifestError(f"models[{i}].licence_class {cls!r} is not one of "
+                                f"{sorted(c.value for c in LicenceClass)}", path=file)
+        entry = ModelEntry(name=_need(e, "name", str), file=file,
                            sha256=_sha(e.get("sha256"), f"models[{i}]"),
-                           size=_need(e, "size", int), licence=_need(e, "licence", str))
+                           size=_need(e, "size", int), licence=_need(e, "licence", str),
+                           licence_class=cls)
+        if not LicencePolicy(policy).allows(cls):
+            raise LicencePolicyViolationError(
+                f"manifest declares licence_policy {policy} but lists {entry.file} "
+                f"({entry.licence}: {cls})", policy=policy, path=entry.file, licence_class=cls)
         m = by_path.get(entry.file)
         if m is None or m.kind != "model" or m.sha256 != entry.sha256 or m.size != entry.size:
             raise ManifestError(f"models[{i}] ({entry.name}) does not match a model member",
@@ -298,4 +324,4 @@ def _parse_manifest(data: Any) -> Manifest:
     extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS}
     return Manifest(product=product, version=version, created=created, expires=expires,
                     platform=platform, members=tuple(members), models=tuple(models),
-                    lock=tuple(lock), extra=extra)
+                    lock=tuple(lock), extra=extra, licence_policy=policy)

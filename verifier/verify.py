@@ -147,7 +147,9 @@ class VerifiedBundle:
             "downgrade": self.downgrade,
             "members": [{"path": m.path, "size": m.size, "sha256": m.sha256, "kind": m.kind}
                         for m in self.members],
-            "models": [{"name": m.name, "file": m.file, "licence": m.licence} for m in self.models],
+            "licence_policy": self.manifest.licence_policy,
+            "models": [{"name": m.name, "file": m.file, "licence": m.licence,
+                        "licence_class": m.licence_class} for m in self.models],
         }
 
 

@@ -28,6 +28,20 @@ EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
 NOW = "2026-06-01T00:00:00Z"  # inside the default 365-day validity
 
 
+def make_install_root(root: Path) -> Path:
+    """A tree for `sealfuse install --root` (as tests/install lays it out), with this host's
+    users and groups so systemd-sysusers can add the service user inside it."""
+    import shutil
+
+    for d in ("etc/systemd/system/multi-user.target.wants", "etc/sysusers.d", "etc/tmpfiles.d",
+              "etc/apparmor.d", "var/lib", "opt", "run", "dev"):
+        (root / d).mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        if Path(f"/etc/{name}").exists():
+            shutil.copy(f"/etc/{name}", root / "etc" / name)
+    return root
+
+
 def make_wheel(directory: Path, name: str, version: str, body: str = "") -> Path:
     """A minimal, valid, deterministic pure-Python wheel that pip can install."""
     dist = f"{name}-{version}.dist-info"

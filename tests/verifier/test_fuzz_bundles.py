@@ -33,7 +33,7 @@ from click.testing import CliRunner, Result
 from sealfuse.cli import main
 from sealfuse.verifier.archive import TarReader
 from sealfuse.verifier.errors import EXIT_CODES
-from tests.bundle.factory import BundleFactory
+from tests.bundle.factory import BundleFactory, make_install_root
 from tests.system.wheelhouse import build_sealfuse_wheel
 from tests.verifier import tarcraft as T
 
@@ -289,13 +289,7 @@ def test_mutated_bundles_end_in_documented_codes_and_accepted_ones_read_alike_ev
     runner = CliRunner()
     install_help = runner.invoke(main, ["install", "--help"]).output
     install_codes = _documented(install_help) | set(EXIT_CODES)
-    root = tmp_path / "root"  # laid out like tests/install's --root trees
-    for d in ("etc/systemd/system/multi-user.target.wants", "etc/sysusers.d", "etc/tmpfiles.d",
-              "etc/apparmor.d", "var/lib", "opt", "run", "dev"):
-        (root / d).mkdir(parents=True)
-    for name in ("passwd", "group", "shadow", "gshadow"):
-        if Path(f"/etc/{name}").exists():
-            shutil.copy(f"/etc/{name}", root / "etc" / name)
+    root = make_install_root(tmp_path / "root")
     trust = str(factory.trust_path)
     # Pin the trust file and install the unmutated bundle once: a mutant that verifies then
     # stops at "this version is running" instead of building one venv per case.
