@@ -4,8 +4,8 @@ edits, run through `sealfuse verify` and `sealfuse install --root` in-process.
 Every case must end with a documented exit code, no traceback, no hang (a per-case alarm) and
 nothing written outside the install root. Whenever sealfuse accepts a mutant, GNU tar and Python's
 tarfile must list the same members with the same sizes and bytes (the differential test).
-SEALFUSE_FUZZ_CASES (default 1000) and SEALFUSE_FUZZ_SEED change the run; SEALFUSE_FUZZ_INSTALL_CASES
-(default 100) how many of the cases also go through the installer.
+SEALFUSE_FUZZ_CASES (default 2000) and SEALFUSE_FUZZ_SEED change the run; SEALFUSE_FUZZ_INSTALL_CASES
+(default 150) how many of the cases also go through the installer.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from tests.bundle.factory import BundleFactory, make_install_root
 from tests.system.wheelhouse import build_sealfuse_wheel
 from tests.verifier import tarcraft as T
 
-CASES = int(os.environ.get("SEALFUSE_FUZZ_CASES", "1000"))
-INSTALL_CASES = int(os.environ.get("SEALFUSE_FUZZ_INSTALL_CASES", "100"))
+CASES = int(os.environ.get("SEALFUSE_FUZZ_CASES", "2000"))
+INSTALL_CASES = int(os.environ.get("SEALFUSE_FUZZ_INSTALL_CASES", "150"))
 SEED = int(os.environ.get("SEALFUSE_FUZZ_SEED", "20261125"))
 CASE_TIMEOUT = 30.0  # seconds; a hang fails the case (a correct case takes milliseconds)
 
