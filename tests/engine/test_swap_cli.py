@@ -96,12 +96,24 @@ def test_bad_target_gets_a_specific_error_and_no_output(case, hanks_png, t1_jpg,
     assert list(out_dir.iterdir()) == []
 
 
-@pytest.mark.parametrize("case", ["no face", "truncated image"])
+# each bad source with the one exit code and reason it must get
+SOURCE_CASES = {"no face": (4, "no_face_in_source"), "truncated image": (3, "truncated"),
+                "not an image": (3, "not_media"), "zero-byte file": (3, "empty_file")}
+
+
+@pytest.mark.parametrize("case", sorted(SOURCE_CASES))
 def test_bad_source_gets_a_specific_error(case, t1_jpg, tmp_path, empty_models):
     source, _, _ = _bad_inputs(tmp_path, t1_jpg)[case]
     rc, report = _run(["-s", str(source), "-t", str(t1_jpg), "-o", str(tmp_path / "o.png"),
                        "--models-dir", str(empty_models)])
-    assert rc in (3, 4) and report["reason"] in ("no_face_in_source", "truncated")
+    assert (rc, report["reason"]) == SOURCE_CASES[case], report
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_source_face_position_past_the_last_face_is_exit_4(t1_jpg, tmp_path, empty_models):
+    rc, report = _run(["-s", str(t1_jpg), "--source-face-position", "6", "-t", str(t1_jpg),
+                       "-o", str(tmp_path / "o.png"), "--models-dir", str(empty_models)])
+    assert (rc, report["reason"]) == (4, "no_face_in_source") and report["evidence"]["faces"] == 6
     assert not (tmp_path / "o.png").exists()
 
 
