@@ -141,9 +141,11 @@ class JobBook:
         self.running[job.job_id] = job
         where = {k: v for k, v in placement.to_dict().items() if v is not None}
         self.audit.append("started_job", job=job.job_id, worker_pid=worker_pid, attempt=attempts, **where)
-        self.status.update(job.job_id, "running", client_ref=job.client_ref, dispatch=placement.to_dict())
-        if placement.backend == "local":  # a cluster backend reports when the job starts on a node
+        if placement.backend == "local":
+            self.status.update(job.job_id, "running", client_ref=job.client_ref, dispatch=placement.to_dict())
             self.metrics.job_started(_since(job.claim.get("claimed")))
+        else:  # waiting in the cluster's queue until the backend reports it `placed` on a node
+            self.status.update(job.job_id, "queued", client_ref=job.client_ref, dispatch=placement.to_dict())
 
     def placed(self, job: Job, info: dict[str, Any]) -> None:
         """A cluster backend started the job on a node, or resubmitted it after a lost run."""

@@ -151,6 +151,39 @@ def test_jobs_run_as_slurm_jobs_and_land_exactly_once(sw: SlurmWatch) -> None:
     assert "sealfuse_job_queue_wait_seconds_count 4.0" in prom
 
 
+def test_a_job_waiting_for_the_only_gpu_is_queued_in_its_status_and_metrics(sw: SlurmWatch) -> None:
+    sw.configure(gres="gpu:1")
+    sw.start()
+    env = sw.env
+    for i in range(2):
+        png_variant(env.hanks, env.inbox / "tom" / f"g{i}__slow__.png", 88 + i)
+    wait_for(lambda: len(sw.job_ids()) == 2, 30, "two claims")
+    ids = sw.job_ids()
+
+    def one_runs_one_waits() -> tuple[str, str] | None:
+        states = {j: sw.slurm.job_field(sw.slurm_ids(j)[0], "JobState") if sw.slurm_ids(j) else None
+                  for j in ids.values()}
+        running = [j for j, st in states.items() if st == "RUNNING"]
+        pending = [j for j, st in states.items() if st == "PENDING"]
+        return (running[0], pending[0]) if len(running) == 1 and len(pending) == 1 else None
+
+    running, pending = wait_for(one_runs_one_waits, 60, "one job on the GPU, one waiting for it")
+    assert sw.slurm.job_field(sw.slurm_ids(pending)[0], "Reason") == "Resources"
+    status = lambda j: json.loads((env.spool / "status" / f"{j}.json").read_text())  # noqa: E731
+    wait_for(lambda: status(running)["dispatch"]["node"] == NODE, 30, "the running job's node")
+    assert status(running)["state"] == "running"
+    assert status(pending)["state"] == "queued"
+    assert status(pending)["dispatch"] == {"backend": "slurm", "slurm_job_id": sw.slurm_ids(pending)[0],
+                                           "node": None}
+    prom = env.state / "sealfuse.prom"
+    wait_for(lambda: 'sealfuse_slurm_jobs{state="pending"} 1.0' in prom.read_text()
+             and 'sealfuse_slurm_jobs{state="running"} 1.0' in prom.read_text(), 30, "Slurm states in metrics")
+    sw.hold.unlink()
+    wait_for(lambda: len(env.events("done")) == 2, 120, "both jobs")
+    sw.stop()
+    assert status(pending)["state"] == "done" and status(pending)["dispatch"]["node"] == NODE
+
+
 def test_a_duplicated_run_of_a_claimed_job_cannot_commit_twice(sw: SlurmWatch) -> None:
     sw.configure()
     sw.start()
@@ -301,6 +334,20 @@ def test_sbatch_refusing_the_job_fails_it_with_submit_failed(sw: SlurmWatch) -> 
     assert "partition" in err["evidence"]["stderr"].lower()
     assert "--partition=nosuchpartition" in err["evidence"]["sbatch_args"]
     assert env.inbox.joinpath("tom").exists() and not list((env.spool / "work").iterdir())
+
+
+def test_a_node_that_cannot_run_run_job_fails_the_job_with_slurms_log(sw: SlurmWatch) -> None:
+    sw.configure(command=["/nonexistent/sealfuse"])
+    sw.start()
+    env = sw.env
+    png_variant(env.hanks, env.inbox / "tom" / "n.png", 87)
+    wait_for(lambda: env.events("failed"), 60, "the job to fail")
+    sw.stop()
+    (err,) = env.failed().values()
+    assert err["reason"] == "slurm_failed"
+    assert err["evidence"]["slurm_state"] == "FAILED" and err["evidence"]["exit_code"] == "127:0"
+    assert "/nonexistent/sealfuse" in err["evidence"]["log_tail"]
+    assert len(sw.slurm_ids(sw.job_ids()["inbox/tom/n.png"])) == 1  # a failure of its own: not retried
 
 
 def test_an_unknown_slurm_option_is_a_config_error_naming_the_key(sw: SlurmWatch) -> None:
