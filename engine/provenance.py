@@ -136,6 +136,10 @@ class Claim:
         opts = asdict(options) if hasattr(options, "__dataclass_fields__") else dict(options)
         shaping = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opts.items() if k in SHAPING_OPTIONS}
         shaping["reference_face"] = opts.get("reference_face_image") is not None
+        shaping["face_map_pairs"] = len(opts.get("face_map") or ())  # how many, never which files
+        if "face_mask_padding" in shaping:  # CBOR would turn a list of small ints into a byte string
+            shaping["face_mask_padding"] = dict(zip(("top", "right", "bottom", "left"),
+                                                    shaping["face_mask_padding"], strict=True))
         used = tuple({"name": str(m["name"]), "file": Path(str(m["file"])).name, "sha256": str(m["sha256"])}
                      for m in models)
         return cls(job_id or uuid.uuid4().hex, used, shaping, kind)

@@ -20,6 +20,8 @@ ASSERTION_LABEL = "org.sealfuse.swap"
 EDIT_ACTIONS = ("c2pa.edited", "c2pa.edited.metadata", "c2pa.created")
 OFFLINE_SETTINGS: dict[str, Any] = {"verify": {"ocsp_fetch": False, "remote_manifest_fetch": False}}
 TRUSTED, UNTRUSTED, INVALID, ABSENT = "trusted", "valid_untrusted", "invalid", "absent"
+EXPIRED_TEXT = ("the signing certificate has expired since (signed offline, without a timestamp authority, "
+                "so it is checked against today's clock); the content and manifest hashes still match: ")
 STATE_TEXT = {TRUSTED: "Trusted", UNTRUSTED: "Valid, untrusted", INVALID: "Invalid", ABSENT: "No content credentials"}
 
 
@@ -108,6 +110,12 @@ class Credentials:
             d["manifest"] = self.manifest
         return d
 
+    def expired_only(self) -> bool:
+        """Invalid only because the signing certificate has expired since (no timestamp authority offline)."""
+        codes = {f.get("code") for f in self.failures}
+        return "signingCredential.expired" in codes and codes <= {"signingCredential.expired",
+                                                                   "signingCredential.untrusted"}
+
     def error(self) -> ProvenanceCheckError | None:
         cls = _STATE_ERRORS.get(self.state)
         if cls is None:
@@ -115,7 +123,7 @@ class Credentials:
         text = {UNTRUSTED: "the manifest is intact, but its certificate "
                            + ("does not chain to the given trust anchors" if self.trust_anchors
                               else "was not checked against trust anchors (give --trust-anchors CA.pem)"),
-                INVALID: "the content or its manifest was changed: "
+                INVALID: (EXPIRED_TEXT if self.expired_only() else "the content or its manifest was changed: ")
                          + ", ".join(f["code"] for f in self.failures if f.get("code")),
                 ABSENT: "the file carries no C2PA manifest"}[self.state]
         return cls(f"{self.path}: {text}", path=self.path, state=self.state,

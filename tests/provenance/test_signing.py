@@ -55,6 +55,7 @@ def test_an_image_swap_is_signed_and_reads_back_trusted(ext, private_names, cpu,
     assert {"blazeface_full_range", "blazeface_short_range", "facemesh_468"} <= names
     assert all(len(m["sha256"]) == 64 and "/" not in m["file"] for m in creds.models)
     assert creds.options["face_swapper_model"] == "auto" and creds.options["blend_ratio"] == 1.0
+    assert creds.options["face_mask_padding"] == {"top": 0, "right": 0, "bottom": 0, "left": 0}
 
 
 def test_nothing_private_is_inside_the_manifest(private_names, cpu, signing, tmp_path):
@@ -249,10 +250,11 @@ def test_an_output_that_cannot_be_written_is_not_signed_or_left_behind(private_n
 
 def test_options_in_the_manifest_are_the_shaping_ones_only(tmp_path):
     opts = SwapOptions(models_dir=tmp_path / "secret-models", reference_face_image=tmp_path / "carol.png",
-                       blend_ratio=0.7)
+                       blend_ratio=0.7, face_map=((tmp_path / "dave-ref.png", tmp_path / "erin-src.png"),))
     claim = Claim.for_job("j", "image", [{"name": "m", "file": str(tmp_path / "m.onnx"), "sha256": "0" * 64}], opts)
     text = json.dumps(claim.options) + json.dumps(claim.models)
     assert "secret-models" not in text and "carol" not in text and str(tmp_path) not in text
+    assert "dave" not in text and "erin" not in text and claim.options["face_map_pairs"] == 1
     assert claim.options["blend_ratio"] == 0.7 and claim.options["reference_face"] is True
     assert claim.models[0]["file"] == "m.onnx"
 
