@@ -308,24 +308,29 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def list_models(models_dir: Path | None, as_json: bool) -> None:
     """Show every known model, its licence, and whether it is present and pinned."""
-    from sealfuse.engine.registry import read_lock
+    from sealfuse.engine.registry import licence_class_of, read_licence_policy, read_lock
 
     mdir = models_dir or default_models_dir()
     lock = read_lock(mdir) if mdir.is_dir() else {}
+    policy = read_licence_policy(mdir) if mdir.is_dir() else "any"
     rows = []
     for spec in CATALOG.values():
         path = mdir / spec.file if not spec.packaged else None
+        cls = licence_class_of(spec, lock.get(spec.file))
         rows.append({"name": spec.name, "family": spec.family, "role": _role(spec.name, spec.family),
-                     "file": spec.file, "licence": spec.licence,
+                     "file": spec.file, "licence": spec.licence, "licence_class": cls,
+                     "allowed": policy == "any" or cls == "commercial",
                      "present": spec.packaged or bool(path and path.is_file()),
                      "pinned": bool(spec.sha256) or spec.file in lock})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    click.echo(f"licence policy: {policy} ({mdir / 'models.lock.json'})")
     for r in rows:
         state = "present" if r["present"] else "missing"
         state += ", pinned" if r["pinned"] else ""
-        click.echo(f"{r['name']:<24} {r['role']:<20} {state:<16} {r['licence']}")
+        state += "" if r["allowed"] else ", refused"
+        click.echo(f"{r['name']:<24} {r['role']:<20} {state:<25} {r['licence']}")
 
 
 def _role(name: str, family: str) -> str:

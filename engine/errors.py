@@ -129,6 +129,12 @@ class ModelDigestMismatchError(ModelError):
     reason = "model_digest_mismatch"
 
 
+class ModelLicenceError(ModelError):
+    """The model's licence class is outside the licence policy installed with the bundle."""
+
+    reason = "model_licence_refused"
+
+
 class ModelSignatureError(ModelError):
     """The ONNX graph's inputs/outputs do not match the family's I/O signature."""
 
@@ -168,7 +174,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OPTIONS: "bad options",
     EXIT_INPUT: "bad input media (unreadable, empty, not media, truncated, too large)",
     EXIT_FACE: "no usable face (none in target or source, or no reference match)",
-    EXIT_MODEL: "model missing, failing its sha256 pin, or of the wrong signature",
+    EXIT_MODEL: "model missing, failing its sha256 pin, of the wrong signature, or outside the licence policy",
     EXIT_OUTPUT: "output cannot be written (missing directory, not writable)",
     EXIT_RESOURCE: "resource limit reached (memory, time)",
     EXIT_PROVIDER: "no requested execution provider is available",

@@ -110,10 +110,12 @@ class Models:
         o = options
         self.detector_name = o.face_detector_model
         if self.detector_name == "auto":
-            self.detector_name = "scrfd_10g" if registry.present("scrfd_10g") else "blazeface"
+            usable = registry.present("scrfd_10g") and registry.allowed("scrfd_10g")
+            self.detector_name = "scrfd_10g" if usable else "blazeface"
         self.swapper_name = o.face_swapper_model
         if self.swapper_name == "auto":
-            self.swapper_name = "inswapper_128" if registry.present("inswapper_128") else "mesh"
+            usable = registry.present("inswapper_128") and registry.allowed("inswapper_128")
+            self.swapper_name = "inswapper_128" if usable else "mesh"
         self.swapper_family = family_of(self.swapper_name)
         # FaceMesh gives every face its 468-point mesh and the five alignment points: required
         # behind BlazeFace (whose own points are coarse), by the mesh swapper and by the mesh's

