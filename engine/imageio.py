@@ -65,6 +65,11 @@ def image_size(path: Path) -> tuple[str, int, int]:
         raise NotMediaError(f"{path}: not a {want} image ({exc})", path=path) from None
     except Image.DecompressionBombError as exc:  # pragma: no cover - we disable PIL's own limit
         raise MediaTooLargeError(str(exc), path=path) from None
+    except ValueError as exc:  # PIL's caps on text/ICC chunks (zTXt, iTXt, iCCP bombs), bad header fields
+        if "too large" in str(exc).lower() or "too much memory" in str(exc).lower():
+            raise MediaTooLargeError(f"{path}: an ancillary chunk inflates past the decoder's limit ({exc}); "
+                                     "decompression bomb guard", path=path) from None
+        raise TruncatedMediaError(f"{path}: image header is corrupt ({exc})", path=path) from None
     except OSError as exc:
         raise UnreadableInputError(f"{path}: cannot read ({exc})", path=path) from None
     if fmt != want:

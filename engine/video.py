@@ -9,6 +9,7 @@ container accepts its codec. The parts live in `video_probe`, `video_encoder`, `
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import av
 
-from sealfuse.engine.errors import EngineError, OutputError
+from sealfuse.engine.errors import EngineError, OutputError, TruncatedMediaError
 from sealfuse.engine.fsio import commit_partial, partial_name
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.video_encoder import (
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 __all__ = ["DETECT_MAX_SIDE", "VIDEO_EXTS", "Cancelled", "EncoderPlan", "Progress", "VideoInfo",
            "available_encoders", "detect_scaled", "plan_encoder", "probe_video", "quality_to_crf",
            "swap_video", "transcode_video"]
+
+
+# Errors of the output's own filesystem: the only FFmpeg errors blamed on the output.
+OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EFBIG)
 
 
 def _run(pipeline: Pipeline | None, options: SwapOptions, target: Path, output: Path,
@@ -57,7 +62,12 @@ def _run(pipeline: Pipeline | None, options: SwapOptions, target: Path, output: 
         if isinstance(exc, EngineError | KeyboardInterrupt):
             raise
         if isinstance(exc, av.error.FFmpegError):
-            raise OutputError(f"{output}: video processing failed ({exc})", path=output) from exc
+            if getattr(exc, "errno", None) in OUTPUT_ERRNOS:
+                raise OutputError(f"{output}: video processing failed ({exc})", path=output) from exc
+            # Decoding errors are mapped where frames are read; what reaches the muxer or encoder
+            # here (timestamps that go backwards, packets it refuses) comes from the input.
+            raise TruncatedMediaError(f"{target}: the input's packets or timestamps are corrupt; its "
+                                      f"frames cannot be written out ({exc})", path=target) from exc
         raise
     report["source_video"] = info.to_dict()
     return report

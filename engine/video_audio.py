@@ -7,6 +7,7 @@ from pathlib import Path
 
 import av
 
+from sealfuse.engine.errors import TruncatedMediaError
 from sealfuse.engine.video_probe import MUXERS
 
 __all__ = ["AudioFeed"]
@@ -40,11 +41,22 @@ class AudioFeed:
         self._iter: Iterator[av.Packet] = self.inp.demux(self.ist)
         self._pending: av.Packet | None = None
         self._done = False
+        self._last_dts: int | None = None
+
+    def _corrupt(self, what: str, **evidence: object) -> TruncatedMediaError:
+        return TruncatedMediaError(f"{self.inp.name}: the audio stream is corrupt ({what})", path=self.inp.name,
+                                   stream="audio", **evidence)
+
+    def _next(self) -> av.Packet | None:
+        try:
+            return next(self._iter, None)
+        except av.error.FFmpegError as exc:  # the input's audio, not the output, is at fault
+            raise self._corrupt(f"cannot demux: {exc}") from None
 
     def feed_until(self, t: float) -> None:
         """Mux every audio packet that starts before `t` seconds (input time)."""
         while not self._done:
-            p = self._pending or next(self._iter, None)
+            p = self._pending or self._next()
             self._pending = None
             if p is None:
                 self._finish()
@@ -61,6 +73,12 @@ class AudioFeed:
                 self._finish()
                 return
             if self.mode == "copied":
+                if p.dts is not None:
+                    if self._last_dts is not None and p.dts <= self._last_dts:
+                        # the muxer would refuse it (and the output would be blamed)
+                        raise self._corrupt(f"timestamps go backwards: dts {p.dts} after {self._last_dts}",
+                                            dts=p.dts, previous_dts=self._last_dts)
+                    self._last_dts = p.dts
                 p.pts -= self.offset
                 if p.dts is not None:
                     p.dts -= self.offset
@@ -68,7 +86,11 @@ class AudioFeed:
                 self.out.mux(p)
                 self.packets_copied += 1
             else:
-                for frame in p.decode():
+                try:
+                    frames = p.decode()
+                except av.error.FFmpegError as exc:
+                    raise self._corrupt(f"cannot decode: {exc}") from None
+                for frame in frames:
                     frame.pts = None
                     for q in self.ost.encode(frame):
                         self.out.mux(q)
