@@ -117,6 +117,11 @@ def test_bad_drop_battery_is_quarantined_with_specific_reasons(watch_env: WatchE
     manifest(env, "nopreset.job.json", {"version": 1, "preset": "ghost", "target": "t2.png"})
     expected["inbox/nopreset.job.json"] = "unknown_preset"
     expected["inbox/t2.png"] = "unknown_preset"
+    # 22: a PNG whose zTXt chunk inflates to 40 MiB (an ancillary-chunk bomb)
+    ztxt = b"Comment\0\0" + zlib.compress(b"\0" * (40 << 20), 9)
+    bomb_chunk = struct.pack(">I", len(ztxt)) + b"zTXt" + ztxt + struct.pack(">I", zlib.crc32(b"zTXt" + ztxt))
+    drop_bytes(good[:33] + bomb_chunk + good[33:], tom / "ztxt.png")
+    expected["inbox/tom/ztxt.png"] = "too_large"
     # 21: a truncated video
     mp4 = small_mp4(env.hanks)
     drop_bytes(mp4[: len(mp4) // 2], tom / "cut.mp4")
