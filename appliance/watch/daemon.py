@@ -437,6 +437,7 @@ class Daemon:
             for event in self.dispatcher.poll():
                 self.handle(event)
             self.dispatch()
+            self.book.status.flush()
             self._report_status()
             self._write_metrics()
         return self.shutdown()

@@ -26,6 +26,8 @@ class StatusBoard:
         self.directory = directory
         self._docs: dict[str, dict[str, Any]] = {}
         self._last_write: dict[str, float] = {}
+        self._unwritten: dict[str, dict[str, Any]] = {}  # writes that failed (disk full): retried
+        self._last_retry = 0.0
         self.write_errors = 0
 
     def setup(self) -> None:
@@ -79,8 +81,17 @@ class StatusBoard:
         """A job handed back to the inbox: its status file goes."""
         self._docs.pop(job_id, None)
         self._last_write.pop(job_id, None)
+        self._unwritten.pop(job_id, None)
         with contextlib.suppress(OSError):
             os.unlink(self.directory / f"{job_id}.json")
+
+    def flush(self) -> None:
+        """Retry the writes that failed (at most once a second)."""
+        if not self._unwritten or time.monotonic() - self._last_retry < 1.0:
+            return
+        self._last_retry = time.monotonic()
+        for job_id, doc in list(self._unwritten.items()):
+            self._write(job_id, doc)
 
     def _write(self, job_id: str, doc: dict[str, Any]) -> None:
         doc["updated"] = utcnow()
@@ -88,7 +99,9 @@ class StatusBoard:
             write_json_atomic(self.directory / f"{job_id}.json", doc, mode=0o640)
         except OSError:
             self.write_errors += 1
+            self._unwritten[job_id] = dict(doc)
             return
+        self._unwritten.pop(job_id, None)
         self._last_write[job_id] = time.monotonic()
 
 

@@ -186,12 +186,15 @@ def test_a_full_outbox_fails_the_job_with_commit_failed_and_the_daemon_serves_on
     assert err["reason"] == "commit_failed" and err["evidence"]["errno"] == "ENOSPC", err
     assert (env.spool / "failed" / err["job_id"] / "input" / "full.png").is_file()
     assert not [p for p in (env.spool / "outbox").iterdir()], "no half-written result"
-    status = json.loads((env.spool / "status" / f"{err['job_id']}.json").read_text())
-    assert (status["state"], status["reason"]) == ("failed", "commit_failed")
     assert daemon.poll() is None
     filler.unlink()
     png_variant(env.hanks, env.inbox / "tom" / "after.png", 46)
     wait_for(lambda: "inbox/tom/after.png" in env.done(), 60, "a job once there is space again")
+    # The status write that the full disk refused was made once there was room.
+    status_file = env.spool / "status" / f"{err['job_id']}.json"
+    status = wait_for(lambda: status_file.exists() and json.loads(status_file.read_text())["state"] == "failed"
+                      and json.loads(status_file.read_text()), 10, "the status file to be written")
+    assert (status["state"], status["reason"]) == ("failed", "commit_failed")
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(60) == 0
     assert env.residue() == []
