@@ -8,10 +8,12 @@ and never follow a link or write to anything but a plain file owned by us or the
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -135,13 +137,23 @@ class VerifyResult:
         return dict(self.__dict__)
 
 
+def read_log(path: Path) -> bytes:
+    """The log's bytes; a FIFO, device or directory in its place is refused (OSError) before
+    reading, so `audit verify` never blocks on what the service user put there."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return f.read()
+
+
 def verify_log(path: str | os.PathLike[str], anchor: tuple[int, str] | None = None) -> VerifyResult:
     """Check every line's self-hash, sequence and link to the previous line.
 
     `anchor` (seq, sha256 of that line) from an earlier verify proves no whole tail was cut off.
     """
     p = Path(path)
-    data = p.read_bytes()
+    data = read_log(p)
     res = VerifyResult(ok=True, path=str(p))
 
     def bad(line_no: int, reason: str, message: str) -> VerifyResult:

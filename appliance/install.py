@@ -211,7 +211,19 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
         if pin is not None:
             write_atomic(layout.trust, pin, 0o644)
         previous = record.current
-        activate(layout, vb.version, systemd, opts.gpu)
+
+        def give_up(why: str) -> InstallError:
+            """Back to `previous` (or stopped), the new release removed."""
+            err = _return_to(layout, record, systemd, vb.version, previous, opts, why, "install")
+            remove_tree(final)
+            if previous is None and trust_how == "first-pin":
+                layout.trust.unlink(missing_ok=True)
+            return err
+
+        try:
+            activate(layout, vb.version, systemd, opts.gpu)
+        except ApplianceError as exc:  # e.g. systemd-tmpfiles failed after the switch
+            raise give_up(f"{exc.reason}: {exc.message}") from exc
         record.activate(vb.version)
         record.log("install", version=vb.version, previous=previous, downgrade=vb.downgrade,
                    manifest_sha256=vb.manifest_sha256, signers=list(vb.signer_names))
@@ -228,12 +240,7 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
         if opts.start:
             started = systemd.restart(opts.ready_timeout, opts.settle)
             if started.ok is False:
-                err = _return_to(layout, record, systemd, vb.version, previous, opts,
-                                 started.detail, "install")
-                remove_tree(final)
-                if previous is None and trust_how == "first-pin":
-                    layout.trust.unlink(missing_ok=True)
-                raise err
+                raise give_up(started.detail)
             audit_event(layout, "service_ready", version=vb.version, detail=started.detail)
         pruned = prune(layout, record, opts.keep)
         record.save(layout)
@@ -274,7 +281,11 @@ def rollback(layout: Layout | None = None, systemd: Systemd | None = None, *,
                 f"no earlier release to roll back to (current {current}; kept: {kept})",
                 current=current, requested=to, kept=kept)
         check_service_paths(layout, target)
-        activate(layout, target, systemd, opts.gpu)
+        try:
+            activate(layout, target, systemd, opts.gpu)
+        except ApplianceError as exc:
+            raise _return_to(layout, record, systemd, target, current, opts,
+                             f"{exc.reason}: {exc.message}", "rollback") from exc
         record.activate(target)
         record.log("rollback", version=target, previous=current)
         record.save(layout)

@@ -21,6 +21,7 @@ from sealfuse.appliance.errors import (
     ReleaseRunningError,
     RolledBackError,
     ServiceDownError,
+    SystemdError,
     TrustRequiredError,
     VenvError,
 )
@@ -133,6 +134,30 @@ def test_upgrade_then_failed_start_returns_to_previous_release(
     assert not layout.release("3").exists()
     assert [c for c in sd.calls if c.startswith("restart")][-2:] == ["restart 3", "restart 2"]
     assert InstallRecord.load(layout).current == "2"
+    assert audit_events(layout)[-1]["event"] == "install_rolled_back"
+
+
+class TmpfilesFailsFor2(FakeSystemd):
+    """systemd-tmpfiles fails once release 2 is switched in (after `current` moved)."""
+
+    def tmpfiles(self) -> None:
+        if self.layout.current_version() == "2":
+            raise SystemdError("systemd-tmpfiles --create exited 1 (stand-in failure)")
+        super().tmpfiles()
+
+
+def test_a_systemd_failure_after_the_switch_returns_to_the_previous_release(
+        root: Path, make_bundle, trust_file: Path) -> None:
+    layout = Layout(root)
+    do_install(make_bundle("1"), opts(trust_file), layout, FakeSystemd(layout))
+    sd = TmpfilesFailsFor2(layout)
+    with pytest.raises(RolledBackError) as err:
+        do_install(make_bundle("2"), opts(), layout, sd)
+    assert err.value.exit_code == 81 and "systemd_failed" in err.value.evidence["reason"]
+    assert isinstance(err.value.__cause__, SystemdError)
+    assert layout.current_version() == "1" and InstallRecord.load(layout).current == "1"
+    assert sorted(p.name for p in layout.releases.iterdir()) == ["1"]
+    assert sd.calls[-1] == "restart 1"
     assert audit_events(layout)[-1]["event"] == "install_rolled_back"
 
 

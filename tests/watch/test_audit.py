@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -98,3 +99,12 @@ def test_verify_cli_exit_codes(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "OK: 2 entries" in ok.stdout
     assert _cli(str(tmp_path / "missing.jsonl")).returncode == 2
     assert _cli(str(path), "--anchor", "nonsense").returncode == 2
+
+
+def test_verify_refuses_a_fifo_in_place_of_the_log_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "audit.jsonl"
+    os.mkfifo(fifo)
+    res = _cli(str(fifo), "--json")  # no writer: a blocking read would never return
+    assert res.returncode == 2
+    doc = json.loads(res.stdout)
+    assert doc["reason"] == "unreadable" and "not a regular file" in doc["message"]
