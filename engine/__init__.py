@@ -21,8 +21,11 @@ _SURFACE = {
     "EXIT_CODES": "errors",
     "IMAGE_EXTS": "formats",
     "VIDEO_EXTS": "formats",
+    "CATALOG": "registry",
     "read_lock": "registry",
     "write_lock": "registry",
+    "read_image": "imageio",
+    "probe_video": "video_probe",
 }
 
 __all__ = sorted(_SURFACE)

@@ -32,9 +32,8 @@ from sealfuse.appliance.console.errors import (
     UploadTooLargeError,
 )
 from sealfuse.appliance.fsutil import bad_name, fsync_dir, write_json_atomic
+from sealfuse.engine import IMAGE_EXTS, VIDEO_EXTS
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".webm")
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
                ".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
                ".webm": "video/webm"}
@@ -86,7 +85,7 @@ def reason_text(reason: str | None) -> str | None:
 def models_available(models_dir: Path) -> dict[str, list[str]]:
     """Which swapper and enhancer models a job may name: those pinned in models.lock.json (the
     console reads the lock, never a model file), plus the starter's `classic` swapper."""
-    from sealfuse.engine.registry import CATALOG, read_lock
+    from sealfuse.engine import CATALOG, read_lock
 
     try:
         lock = read_lock(models_dir) if models_dir.is_dir() else {}
@@ -218,15 +217,15 @@ class Spool:
     def check_media(self, path: Path, role: str) -> None:
         """The engine's own content check: header matches the extension, pixel/frame limits,
         image data complete (decoded in memory, never written), first video frame decodable."""
-        from sealfuse.engine.errors import EngineError
+        from sealfuse.engine import EngineError
 
         try:
             if path.suffix.lower() in VIDEO_EXTS:
-                from sealfuse.engine.video import probe_video
+                from sealfuse.engine import probe_video
 
                 probe_video(path, max_pixels=self.max_pixels)
             else:
-                from sealfuse.engine.imageio import read_image
+                from sealfuse.engine import read_image
 
                 read_image(path, max_pixels=self.max_pixels)
         except EngineError as exc:
