@@ -140,27 +140,42 @@ class CropFormat:
     denormalise_output: bool = False
     border: int = cv2.BORDER_REPLICATE
     template_px: np.ndarray = field(init=False, repr=False, compare=False)
+    _in: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+    _out: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "template_px", TEMPLATES[self.template] * float(self.size))
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        # per RGB channel: blob = x * scale_in - offset_in; pixel = out * scale_out + offset_out
+        object.__setattr__(self, "_in", (np.float32(1.0 / 255.0) / std, mean / std))
+        out_scale, out_offset = (255.0 * std, 255.0 * mean) if self.denormalise_output else (np.full(3, 255.0), np.zeros(3))
+        object.__setattr__(self, "_out", (out_scale.astype(np.float32), out_offset.astype(np.float32)))
 
     def crop(self, frame: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
         return align(frame, face.kps, self.template_px, self.size, border=self.border)
 
     def to_blob(self, crop_bgr: np.ndarray) -> np.ndarray:
         """BGR uint8 crop -> [1, 3, size, size] float32 RGB, (x / 255 - mean) / std."""
-        rgb = crop_bgr[:, :, ::-1].astype(np.float32) * np.float32(1.0 / 255.0)
-        if self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0):
-            rgb = (rgb - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None])
+        scale, offset = self._in
+        planes = np.empty((1, 3, self.size, self.size), np.float32)
+        for c in range(3):  # RGB plane c is BGR channel 2 - c
+            np.multiply(crop_bgr[:, :, 2 - c], scale[c], out=planes[0, c], dtype=np.float32)
+            if offset[c]:
+                planes[0, c] -= offset[c]
+        return planes
 
     def from_output(self, out: np.ndarray) -> np.ndarray:
-        """[3, size, size] model output -> BGR uint8 crop."""
-        rgb = np.asarray(out, np.float32).transpose(1, 2, 0)
-        if self.denormalise_output:
-            rgb = rgb * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
-        bgr = np.clip(rgb * 255.0, 0, 255).astype(np.uint8)[:, :, ::-1]
-        return np.ascontiguousarray(bgr)
+        """[3, size, size] model output -> BGR uint8 crop (x * std + mean when the output is normalised)."""
+        scale, offset = self._out
+        bgr = np.empty((self.size, self.size, 3), np.uint8)
+        plane = np.empty((self.size, self.size), np.float32)
+        for c in range(3):
+            np.multiply(out[c], scale[c], out=plane, dtype=np.float32)
+            if offset[c]:
+                plane += offset[c]
+            np.clip(plane, 0, 255, out=plane)
+            bgr[:, :, 2 - c] = plane  # truncates like astype(uint8)
+        return bgr
 
 
 def _dtype_of(onnx_type: str) -> type:
