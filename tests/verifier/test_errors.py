@@ -74,3 +74,12 @@ def test_cli_code_has_no_literal_exit_numbers(path: str) -> None:
                 assert not any(isinstance(a, ast.Constant) for a in node.args), ast.unparse(node)
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             assert "Exit codes:\n" not in node.value, "a hand-written exit code table"
+
+
+def test_the_auditor_guide_documents_every_exit_code_and_class_of_verify() -> None:
+    text = (REPO / "docs" / "auditor.md").read_text()
+    for code in E.EXIT_CODES:
+        assert f"\n| {code} |" in text, code
+    for cls in _classes(E, E.VerificationError):
+        if cls.exit_code in E.EXIT_CODES and cls is not E.VerificationError:
+            assert f"`{cls.__name__}`" in text, cls.__name__

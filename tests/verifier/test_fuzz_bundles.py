@@ -32,7 +32,7 @@ from click.testing import CliRunner, Result
 
 from sealfuse.cli import main
 from sealfuse.verifier.archive import TarReader
-from sealfuse.verifier.errors import EXIT_CODES
+from sealfuse.verifier.errors import EXIT_CODES, VerificationError
 from tests.bundle.factory import BundleFactory, make_install_root
 from tests.system.wheelhouse import build_sealfuse_wheel
 from tests.verifier import tarcraft as T
@@ -279,6 +279,14 @@ def _snapshot(top: Path, skip: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _reasons(root: type) -> set[str]:
+    """Every `reason` of `root` and its subclasses (the documented refusal ids)."""
+    out = {root.reason}  # type: ignore[attr-defined]
+    for sub in root.__subclasses__():
+        out |= _reasons(sub)
+    return out
+
+
 def _documented(help_text: str) -> set[int]:
     return {int(m.group(1)) for m in re.finditer(r"^\s*(\d+)\s", help_text, re.MULTILINE)}
 
@@ -289,6 +297,10 @@ def test_mutated_bundles_end_in_documented_codes_and_accepted_ones_read_alike_ev
     runner = CliRunner()
     install_help = runner.invoke(main, ["install", "--help"]).output
     install_codes = _documented(install_help) | set(EXIT_CODES)
+    from sealfuse.appliance.errors import ApplianceError
+
+    verify_reasons = _reasons(VerificationError)
+    install_reasons = verify_reasons | _reasons(ApplianceError)
     root = make_install_root(tmp_path / "root")
     trust = str(factory.trust_path)
     # Pin the trust file and install the unmutated bundle once: a mutant that verifies then
@@ -323,7 +335,8 @@ def test_mutated_bundles_end_in_documented_codes_and_accepted_ones_read_alike_ev
             assert tarfile_members(path) == mine, f"tarfile reads another archive: {where}"
             assert gnu_tar_members(path, tmp_path) == mine, f"GNU tar reads another archive: {where}"
         else:
-            assert doc["ok"] is False and doc["reason"] and doc["exit_code"] == res.exit_code
+            assert doc["ok"] is False and doc["exit_code"] == res.exit_code
+            assert doc["reason"] in verify_reasons, f"undocumented reason {doc['reason']}: {where}"
 
         if mutant.index < INSTALL_CASES:
             installed_cases += 1
@@ -336,6 +349,7 @@ def test_mutated_bundles_end_in_documented_codes_and_accepted_ones_read_alike_ev
                 f"install raised {res.exception!r} on {where}"
             assert res.exit_code in install_codes, f"undocumented install exit {res.exit_code}"
             assert res.exit_code != 0, f"install accepted a second copy of the release: {where}"
+            assert json.loads(res.output)["reason"] in install_reasons, where
             assert _snapshot(tmp_path, root) == before, f"install wrote outside --root: {where}"
     elapsed = time.monotonic() - started
     assert {p: p.exists() for p in system_paths} == system_before
