@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import select
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,53 +26,12 @@ from sealfuse.appliance.watch.dispatch import Dispatcher, DispatchEvent, JobRequ
 from sealfuse.appliance.watch.inbox import MANIFEST_SUFFIX, InboxWatcher
 from sealfuse.appliance.watch.jobs import JobBook
 from sealfuse.appliance.watch.local import WORKER_COMMAND, LocalDispatcher
+from sealfuse.appliance.watch.spool import Paths
 from sealfuse.appliance.watch.state import StateDB
 
 __all__ = ["Daemon", "Paths"]
 
 LOCK_NAME = ".watch.lock"
-
-
-@dataclass
-class Paths:
-    """Where the daemon keeps things: the spool, its state, audit log, metrics and temporaries."""
-
-    spool: Path
-    state: Path
-    audit: Path
-    metrics: Path
-    tmp_root: Path
-
-    @property
-    def inbox(self) -> Path:
-        """Producers' drops."""
-        return self.spool / "inbox"
-
-    @property
-    def work(self) -> Path:
-        """Claimed jobs."""
-        return self.spool / "work"
-
-    @property
-    def outbox(self) -> Path:
-        """Results."""
-        return self.spool / "outbox"
-
-    @property
-    def failed(self) -> Path:
-        """Quarantine."""
-        return self.spool / "failed"
-
-    @property
-    def status(self) -> Path:
-        """Per-job status files for the console."""
-        return self.spool / "status"
-
-    @property
-    def jobs_tmp(self) -> Path:
-        """Per-job temporaries of this spool (0700), under the tmp root (tmpfs)."""
-        tag = hashlib.sha256(str(self.spool.resolve()).encode()).hexdigest()[:12]
-        return self.tmp_root / f"sealfuse-watch-{tag}"
 
 
 class Daemon:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -36,6 +37,48 @@ from sealfuse.appliance.watch.inbox import MANIFEST_SUFFIX, utcnow
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 STAGING = re.compile(r"^\.(?P<job>[A-Za-z0-9_-]+?)(?:\.(?P<tag>[0-9a-f]{8}))?\.tmp$")
 TOKEN = re.compile(r"^commit-(?P<outcome>done|failed)-(?P<tag>[0-9a-f]{8})\.json$")
+
+
+@dataclass
+class Paths:
+    """Where the daemon keeps things: the spool, its state, audit log, metrics and temporaries."""
+
+    spool: Path
+    state: Path
+    audit: Path
+    metrics: Path
+    tmp_root: Path
+
+    @property
+    def inbox(self) -> Path:
+        """Producers' drops."""
+        return self.spool / "inbox"
+
+    @property
+    def work(self) -> Path:
+        """Claimed jobs."""
+        return self.spool / "work"
+
+    @property
+    def outbox(self) -> Path:
+        """Results."""
+        return self.spool / "outbox"
+
+    @property
+    def failed(self) -> Path:
+        """Quarantine."""
+        return self.spool / "failed"
+
+    @property
+    def status(self) -> Path:
+        """Per-job status files for the console."""
+        return self.spool / "status"
+
+    @property
+    def jobs_tmp(self) -> Path:
+        """Per-job temporaries of this spool (0700), under the tmp root (tmpfs)."""
+        tag = hashlib.sha256(str(self.spool.resolve()).encode()).hexdigest()[:12]
+        return self.tmp_root / f"sealfuse-watch-{tag}"
 
 
 @dataclass

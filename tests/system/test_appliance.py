@@ -205,6 +205,40 @@ def test_a_producer_drop_is_swapped_into_outbox(appliance: Appliance) -> None:
     assert st["release"] == "1" and st["last_job"]["event"] == "done"
 
 
+def test_a_symlinked_preset_folder_changes_nothing_outside_the_spool(appliance: Appliance) -> None:
+    """A producer points inbox/<name> at a folder of the service user's it cannot even read
+    (state/victim): the daemon never lists, moves or deletes anything there."""
+    ct = appliance.ct
+    victim = "/var/lib/sealfuse/state/victim"
+    ct.run(f"mkdir -p {victim} && cp {SHARE}/hanks.png {victim}/face.png && echo keep > {victim}/notes.txt "
+           f"&& chown -R sealfuse:sealfuse {victim}")
+    snapshot = f"find {victim} -printf '%P %i %s %m %u\\n' | sort; sha256sum {victim}/*"
+    before = ct.run(snapshot).stdout
+    inbox = f"{SPOOL}/inbox"
+    try:
+        # 1. While the service runs: a link where a (not yet configured) preset folder would be.
+        ct.run(["runuser", "-u", "producer", "--", "ln", "-s", victim, f"{inbox}/tom"])
+        appliance.wait_result("inbox/tom", where="failed")
+        # 2. The operator adds the preset and restarts; the producer plants the link again first.
+        ct.run(f"systemctl stop {UNIT}")
+        ct.run(["runuser", "-u", "producer", "--", "ln", "-s", victim, f"{inbox}/tom"])
+        ct.run(f"cp /etc/sealfuse/watch.toml /root/watch.toml.orig && printf '[presets.tom]\\nsource = "
+               f"\"{SHARE}/hanks.png\"\\n' >> /etc/sealfuse/watch.toml")
+        ct.run(f"systemctl start {UNIT}")
+        ct.wait_for(f"grep -rl symlinked_folder {SPOOL}/failed --include=error.json | grep .", timeout=60)
+        ct.wait_for(f"test -d {inbox}/tom -a ! -L {inbox}/tom", timeout=30)  # a real folder again
+        reasons = ct.run(f"cat {SPOOL}/failed/*/error.json").stdout
+        assert '"symlinked_folder"' in reasons and '"symlink"' in reasons
+        assert ct.run(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+        after = ct.run(snapshot).stdout
+        assert after == before and "face.png" in after  # the victim is untouched
+    finally:
+        ct.run(f"rm -rf {victim}; test -f /root/watch.toml.orig && cp /root/watch.toml.orig "
+               f"/etc/sealfuse/watch.toml; systemctl restart {UNIT}", check=False)
+        ct.run(f"rm -rf {SPOOL}/failed/* {inbox}/tom /root/watch.toml.orig", check=False)
+        ct.wait_for(f"systemctl is-active {UNIT}", timeout=90)
+
+
 def test_sandbox_has_no_ip_network_and_release_and_models_are_read_only(
         appliance: Appliance) -> None:
     ct = appliance.ct
