@@ -25,6 +25,7 @@ JOB_OPTIONS_SCHEMA: dict[str, Any] = {
         "face_swapper_model": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
         "face_enhancer_model": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
         "face_enhancer_blend": {"type": "number", "minimum": 0, "maximum": 1},
+        "face_enhancer_weight": {"type": "number", "minimum": 0, "maximum": 1},
         "face_detector_model": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
         "face_detector_score": {"type": "number", "minimum": 0, "maximum": 1},
         "blend_ratio": {"type": "number", "minimum": 0, "maximum": 1},

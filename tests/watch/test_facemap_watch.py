@@ -72,3 +72,11 @@ def test_a_preset_face_map_becomes_a_job_option(tmp_path):
     cfg.write_text('[presets.two]\nsource = "/faces/a.png"\nface_map = [{reference = "refs/a.png", source = "/b.png"}]\n')
     with pytest.raises(WatchConfigError, match="face_map paths must be absolute"):
         load_config(cfg)
+
+
+def test_a_job_may_set_codeformers_fidelity_weight_within_0_and_1():
+    from sealfuse.appliance.watch.config import JOB_OPTIONS_SCHEMA, validate
+
+    assert validate({"face_enhancer_weight": 0.7}, JOB_OPTIONS_SCHEMA) == []
+    assert validate({"face_enhancer_weight": 1.5}, JOB_OPTIONS_SCHEMA)
+    assert SwapOptions(**to_options_kwargs({"face_enhancer_weight": 0.7})).face_enhancer_weight == 0.7
