@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import click
 
-from sealfuse.bundle.errors import BUILD_EXIT_CODES, BundleError
+from sealfuse.bundle.errors import BUILD_EXIT_CODES, BundleError, OutputWriteError
 from sealfuse.verifier.errors import VerificationError, exit_code_help
 from sealfuse.verifier.licences import DEFAULT_POLICY, LicencePolicy
 
@@ -112,6 +112,8 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
         provenance_dir=provenance_dir, expires_days=expires_days)
     try:
         result = build_bundle(inputs)
+    except OSError as exc:
+        _fail(OutputWriteError(f"cannot write: {exc}", path=str(exc.filename)), as_json)
     except _ERRORS as exc:
         _fail(exc, as_json)
     m = result.manifest
@@ -175,6 +177,8 @@ def sign(bundle_path: Path, key_path: Path | None, passphrase_file: Path | None,
             assert sigstore_path is not None
             added = [add_sigstore(bundle_path, read_regular(sigstore_path, "sigstore bundle",
                                                             MAX_SIGNATURE_INPUT_BYTES))]
+    except OSError as exc:
+        _fail(OutputWriteError(f"cannot write {bundle_path}: {exc}", path=str(exc.filename)))
     except _ERRORS as exc:
         _fail(exc)
     click.echo(f"signed {bundle_path}: added {', '.join(added)}")
@@ -258,5 +262,7 @@ def manifest(bundle_path: Path, out: Path) -> None:
 
     try:
         out.write_bytes(manifest_bytes(bundle_path))
+    except OSError as exc:
+        _fail(OutputWriteError(f"cannot write {out}: {exc}", path=str(out)))
     except _ERRORS as exc:
         _fail(exc)

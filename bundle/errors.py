@@ -52,6 +52,12 @@ class LicencePolicyError(BuildError):
     exit_code = 84
 
 
+class OutputWriteError(BundleError):
+    """The bundle or another output cannot be written (disk full, read-only, permissions)."""
+
+    exit_code = 87
+
+
 class SigningError(BundleError):
     """A signature cannot be added to a bundle."""
 

@@ -39,6 +39,7 @@ from sealfuse.verifier.keys import (
 )
 from sealfuse.verifier.trust import (
     SigstorePolicy,
+    Trust,
     TrustedKey,
     accept_chain,
     load_trust,
@@ -55,6 +56,18 @@ def _fail(exc: VerificationError, as_json: bool) -> NoReturn:
         for key, value in sorted(exc.evidence.items()):
             click.echo(f"  {key}: {value}", err=True)
     sys.exit(exc.exit_code)
+
+
+def _write(path: Path, data: bytes | None = None, trust: Trust | None = None) -> None:
+    """Write an output atomically; an OS error is OutputExistsError (exit 3), not a traceback."""
+    try:
+        if trust is not None:
+            trust.write(path)
+        else:
+            assert data is not None
+            write_atomic(path, data)
+    except OSError as exc:
+        _fail(OutputExistsError(f"cannot write {path}: {exc.strerror}", path=str(path)), False)
 
 
 def read_small(path: Path, what: str, limit: int = MAX_KEY_BYTES) -> bytes:
@@ -256,7 +269,7 @@ def trust_create(out: Path, keys: tuple[Path, ...], threshold: int, product: str
                        trust_version, policy)
     except VerificationError as exc:
         _fail(exc, False)
-    t.write(out)
+    _write(out, trust=t)
     click.echo(f"trust file {out}: product {product}, version {trust_version}, "
                f"{threshold} of {len(t.keys)} keys")
 
@@ -274,7 +287,7 @@ def trust_sign(trust_file: Path, key_path: Path, passphrase_file: Path | None) -
         t = load_trust(trust_file).with_signature(key)
     except VerificationError as exc:
         _fail(exc, False)
-    t.write(trust_file)
+    _write(trust_file, trust=t)
     click.echo(f"signed {trust_file} with {short_keyid(keyid_of(key.public_key()))}; "
                f"{len(t.signatures)} signature(s)")
 
@@ -293,7 +306,7 @@ def trust_accept(current: Path, new: tuple[Path, ...], replace: bool) -> None:
     except VerificationError as exc:
         _fail(exc, False)
     if replace:
-        write_atomic(current, read_small(new[-1], "trust file", MAX_TRUST_BYTES))
+        _write(current, read_small(new[-1], "trust file", MAX_TRUST_BYTES))
     click.echo(f"accepted: trust version {last.version}, {last.threshold} of {len(last.keys)} keys"
                + (f"; {current} replaced" if replace else ""))
 
@@ -309,7 +322,7 @@ def trust_allowed_signers(trust_file: Path, out: Path | None) -> None:
     except VerificationError as exc:
         _fail(exc, False)
     if out:
-        write_atomic(out, text.encode())
+        _write(out, text.encode())
     else:
         click.echo(text, nl=False)
 
@@ -327,8 +340,12 @@ def trust_pem(trust_file: Path, out_dir: Path | None) -> None:
     for k in sorted(t.keys.values(), key=lambda k: k.keyid):
         pem = pem_public(k.public_key)
         if out_dir:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(out_dir / f"{k.keyid}.pem", pem.encode())
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                _fail(OutputExistsError(f"cannot create {out_dir}: {exc.strerror}",
+                                        path=str(out_dir)), False)
+            _write(out_dir / f"{k.keyid}.pem", pem.encode())
         else:
             click.echo(f"# {k.name} {k.keyid}\n{pem}", nl=False)
 

@@ -264,3 +264,19 @@ def test_requirements_are_fetched_with_pip_download_for_the_target_platform(
     empty.mkdir()
     result = build_bundle(factory.inputs(wheelhouse=empty, requirements=[reqs]))
     assert [(e.name, e.version) for e in result.manifest.lock] == [("sfhelper", "0.3.1")]
+
+
+def test_an_output_that_cannot_be_written_is_a_named_error_not_a_traceback(
+        factory: Any, tmp_path: Path) -> None:
+    from sealfuse.bundle.errors import OutputWriteError
+
+    bundle = factory.build()
+    res = CliRunner().invoke(main, ["bundle", "manifest", str(bundle), "-o",
+                                    str(tmp_path / "missing-dir" / "manifest.json")])
+    assert res.exit_code == OutputWriteError.exit_code, res.output
+    assert "OutputWriteError" in res.output
+    res = CliRunner().invoke(main, ["trust", "allowed-signers", str(factory.trust_path), "-o",
+                                    str(tmp_path / "missing-dir" / "allowed_signers")])
+    from sealfuse.verifier.errors import OutputExistsError
+
+    assert res.exit_code == OutputExistsError.exit_code and "OutputExistsError" in res.output
