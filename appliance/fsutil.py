@@ -117,14 +117,16 @@ def trusted_dir(st: os.stat_result) -> bool:
 def open_dir(path: Path, *, create_mode: int | None = None, require_trusted: bool = False) -> int:
     """An O_DIRECTORY fd for `path`, walked from / one component at a time (openat).
 
-    A symlink is followed only where it sits in a trusted directory (see `trusted_dir`); below a
-    directory that another user can write, a symlink or a non-directory is an UnsafePathError.
-    `create_mode` makes missing components (mkdirat, which never follows a link);
-    `require_trusted` refuses a final directory that is not trusted.
+    A directory is trusted when `trusted_dir` holds for it and its parent is trusted too (or is
+    sticky, like /tmp, so that no one else can rename it away). A symlink is followed only where it
+    sits in a trusted directory; below a directory that another user can write, a symlink or a
+    non-directory is an UnsafePathError. `create_mode` makes missing components (mkdirat, which
+    never follows a link); `require_trusted` refuses a final directory that is not trusted.
     """
     path = Path(os.path.abspath(path))
     fd = os.open("/", _DIR_FLAGS)
-    trusted = True
+    parent = os.fstat(fd)
+    trusted = trusted_dir(parent)
     try:
         for i, part in enumerate(path.parts[1:], start=2):
             flags = _DIR_FLAGS | (0 if trusted else os.O_NOFOLLOW)
@@ -138,18 +140,23 @@ def open_dir(path: Path, *, create_mode: int | None = None, require_trusted: boo
                 nfd = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
             except OSError as exc:
                 if not trusted and exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise UnsafePathError(f"{Path(*path.parts[:i])} is a symlink or not a directory, in "
-                                  f"a directory another user can write; not followed",
-                                  path=str(Path(*path.parts[:i]))) from exc
+                    where = Path(*path.parts[:i])
+                    raise UnsafePathError(f"{where} is a symlink or not a directory, in a "
+                                          "directory another user can write; not followed",
+                                          path=str(where)) from exc
                 raise
             os.close(fd)
             fd = nfd
-            trusted = trusted_dir(os.fstat(fd))
-        if require_trusted and not trusted:
             st = os.fstat(fd)
-            raise UnsafePathError(f"{path} is owned by uid {st.st_uid} or writable by others "
-                          f"(mode {stat.S_IMODE(st.st_mode):o}); expected root's own directory",
-                          path=str(path), uid=st.st_uid, mode=f"{stat.S_IMODE(st.st_mode):o}")
+            sticky_keeps = bool(parent.st_mode & stat.S_ISVTX) and st.st_uid in (0, os.geteuid())
+            trusted = trusted_dir(st) and (trusted or sticky_keeps)
+            parent = st
+        if require_trusted and not trusted:
+            mode = f"{stat.S_IMODE(parent.st_mode):o}"
+            raise UnsafePathError(f"{path} (or a directory above it) is owned by another user or "
+                                  f"writable by others (uid {parent.st_uid}, mode {mode}); "
+                                  "expected root's own directory",
+                                  path=str(path), uid=parent.st_uid, mode=mode)
         return fd
     except BaseException:
         os.close(fd)
@@ -167,19 +174,19 @@ def open_file_at(dir_fd: int, name: str, flags: int, mode: int = 0o600, *,
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR):
             raise UnsafePathError(f"{label} is a symlink or not a regular file; not followed",
-                          path=label, errno=errno.errorcode.get(exc.errno)) from exc
+                                  path=label, errno=errno.errorcode.get(exc.errno)) from exc
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePathError(f"{label} is not a regular file", path=label,
-                          mode=f"{st.st_mode:o}")
+                                  mode=f"{st.st_mode:o}")
         if st.st_nlink != 1:
             raise UnsafePathError(f"{label} has {st.st_nlink} hard links; refused", path=label,
-                          nlink=st.st_nlink)
+                                  nlink=st.st_nlink)
         if owners is not None and st.st_uid not in owners:
             raise UnsafePathError(f"{label} is owned by uid {st.st_uid}, not by {sorted(owners)}",
-                          path=label, uid=st.st_uid)
+                                  path=label, uid=st.st_uid)
         os.set_blocking(fd, True)
         return fd
     except BaseException:

@@ -160,7 +160,7 @@ def test_root_writes_refuse_a_directory_the_service_user_owns(
         tmp_path: Path, outside: Path) -> None:
     layout = Layout(tmp_path / "root")
     user_dir(layout.var, mode=0o755)  # /var/lib/sealfuse is root's; here the user took it
-    with pytest.raises(UnsafePathError, match="owned by uid 65534"):
+    with pytest.raises(UnsafePathError, match="uid 65534"):
         write_atomic(layout.record, b"{}")
     with pytest.raises(UnsafePathError), locked(layout):
         pass
@@ -169,6 +169,17 @@ def test_root_writes_refuse_a_directory_the_service_user_owns(
     with pytest.raises(UnsafePathError):
         own_dir(layout.opt)
     assert stat.S_IMODE(layout.opt.stat().st_mode) == 0o755 and layout.opt.stat().st_uid == NOBODY
+
+
+def test_roots_directory_below_one_the_user_owns_is_not_roots_own(tmp_path: Path) -> None:
+    # the user could rename /var/lib/sealfuse away and put their own in its place
+    layout = Layout(tmp_path / "root")
+    user_dir(layout.var.parent, mode=0o755)
+    layout.var.mkdir()
+    assert layout.var.stat().st_uid == 0
+    with pytest.raises(UnsafePathError, match="or a directory above it"):
+        write_atomic(layout.record, b"{}")
+    assert not layout.record.exists()
 
 
 def test_the_install_lock_is_never_a_link(tmp_path: Path, outside: Path) -> None:
