@@ -86,8 +86,10 @@ class Daemon:
         opts = self.cfg.engine_options()
         if self.models_dir:
             opts["models_dir"] = str(self.models_dir)
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)
+        # Slurm copies the submitter's environment into the job: nothing of systemd's goes along.
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "RUNTIME_DIRECTORY",
+                            "INVOCATION_ID", "JOURNAL_STREAM")}
         return SlurmDispatcher(SlurmSettings.from_table(self.cfg.slurm), spool=self.paths.spool,
                                engine_options=opts, retain_inputs=self.cfg.retain_inputs,
                                metrics=self.metrics, env=env, provenance=self.cfg.provenance())
