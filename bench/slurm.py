@@ -97,7 +97,12 @@ def run_path(root: Path, backend: str, jobs: int, offset: int, slurm: SlurmClust
             placed[e["job"]] = _ts(e["time"])
     total = [done[job_of[d]] - t for d, t in drops.items()]
     start = [placed[job_of[d]] - t for d, t in drops.items() if job_of[d] in placed]
-    return {"total": total, "start": start}
+    run = [done[job_of[d]] - placed[job_of[d]] for d in drops if job_of[d] in placed]
+    swap = []
+    for d in drops:
+        with open(spool / "outbox" / job_of[d] / "result.json") as f:
+            swap.append(float(json.load(f)["seconds"]))
+    return {"total": total, "start": start, "run": run, "swap": swap}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -128,6 +133,8 @@ def main() -> None:
     if sl["start"]:
         print(f"slurm drop -> start (RUNNING on the node, seen by the daemon)  p50 {statistics.median(sl['start']):.2f} s"
               f"  p99 {_pct(sl['start'], 0.99):.2f} s")
+        print(f"slurm start -> done p50 {statistics.median(sl['run']):.2f} s, of which run-job's engine load + swap "
+              f"{statistics.median(sl['swap']):.2f} s (the rest: interpreter start and imports, commit, polling)")
 
 
 if __name__ == "__main__":
