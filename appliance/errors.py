@@ -4,7 +4,9 @@ command (install, rollback, uninstall, status, doctor, audit verify); `--help` i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
+
+from sealfuse.verifier.errors import ErrorFields
 
 # Outcomes that are not errors (or not one error), named so that no CLI code holds a number.
 EXIT_OK = 0
@@ -14,33 +16,13 @@ EXIT_AUDIT_BROKEN = 1  # audit verify: the chain is broken
 VERIFIER_CODES = (10, 70)  # the verifier's refusals (table in `sealfuse verify --help`)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [_jsonable(v) for v in value]
-        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
-    return str(value)
+class ApplianceError(ErrorFields, Exception):
+    """Root of every appliance failure: a stable `reason`, an `exit_code` and the evidence
+    (attributes and `to_dict()` shared with every sealfuse layer through ErrorFields)."""
 
-
-class ApplianceError(Exception):
-    """Root of every appliance failure: a stable `reason`, an `exit_code` and the evidence."""
-
-    exit_code: int = 1
-    reason: str = "appliance_error"
-
-    def __init__(self, message: str, **evidence: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.evidence: dict[str, Any] = evidence
-
-    def to_dict(self) -> dict[str, Any]:
-        """The error as JSON-ready data (the shape every sealfuse layer uses)."""
-        return {"ok": False, "error": type(self).__name__, "reason": self.reason,
-                "message": self.message, "evidence": _jsonable(self.evidence),
-                "exit_code": self.exit_code}
+    classes: ClassVar[list[type[ErrorFields]]] = []
+    exit_code = 1
+    reason = "appliance_error"
 
 
 # -- installer (install, rollback, uninstall) ----------------------------------------------------

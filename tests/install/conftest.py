@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sealfuse.appliance.release import Layout, OfflineSystemd, StartResult
+from tests.bundle.factory import make_install_root
 from tests.system.wheelhouse import build_sealfuse_wheel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,14 +32,7 @@ def root(tmp_path: Path) -> Path:
     """An empty system tree for `install --root`, with a copy of this host's user database."""
     need("systemd-sysusers")
     need("systemd-tmpfiles")
-    r = tmp_path / "root"
-    for d in ("etc/systemd/system/multi-user.target.wants", "etc/sysusers.d", "etc/tmpfiles.d",
-              "etc/apparmor.d", "var/lib", "opt", "run", "dev"):
-        (r / d).mkdir(parents=True)
-    for name in ("passwd", "group", "shadow", "gshadow"):
-        if Path(f"/etc/{name}").exists():
-            shutil.copy(f"/etc/{name}", r / "etc" / name)
-    return r
+    return make_install_root(tmp_path / "root")
 
 
 @pytest.fixture(scope="session")
