@@ -187,6 +187,10 @@ def main() -> None:
               f"Poisson per frame: {bf['fps'] / a['fps']:.2f}   mtcnn: {bm['fps'] / a['fps']:.2f}   "
               f"inswapper stand-in: {(c['fps'] / a['fps']) if c else float('nan'):.2f}"
               + ("" if c else " (n/a: no stand-in generator)"))
+        cpu = lambda r: 1000 * r["cpu_s"] / r["frames"]  # noqa: E731
+        print(f"  as CPU per frame (steadier than wall time on a shared machine): transcode {cpu(a):.1f} ms, "
+              f"default {cpu(b3):.1f} ms: {cpu(a) / cpu(b3):.2f}   mtcnn: {cpu(a) / cpu(bm):.2f}"
+              + (f"   inswapper stand-in: {cpu(a) / cpu(c):.2f}" if c else ""))
 
         print("(e) memory, each in a fresh process (default cadence):")
         m10 = measure(f"swap {short:g}s clip", mode="swap", target=str(c10))
