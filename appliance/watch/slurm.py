@@ -148,7 +148,6 @@ class SlurmDispatcher(Dispatcher):
         self._ready = False
         self._events: list[DispatchEvent] = []
         self._next_poll = 0.0
-        self._last_listing: dict[str, tuple[str, str, str]] | None = None
 
     # ------------------------------------------------------------------ commands
     def _exe(self, name: str) -> str:
@@ -156,7 +155,8 @@ class SlurmDispatcher(Dispatcher):
             return str(Path(self.s.bin_dir) / name)
         return shutil.which(name, path=self.env.get("PATH")) or name
 
-    def _run(self, name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str] | None:
+    def _run(self, name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a Slurm client command; a failure (exit status, timeout, missing binary) is counted."""
         try:
             r = subprocess.run([self._exe(name), *args], input=stdin, capture_output=True, text=True,
                                env=self.env, timeout=self.s.command_timeout_seconds)
@@ -174,7 +174,7 @@ class SlurmDispatcher(Dispatcher):
     def _listing(self) -> dict[str, tuple[str, str, str]] | None:
         """Slurm job id -> (state, nodes, reason) for this user's jobs; None if squeue failed."""
         r = self._run("squeue", "--me", "-h", "-t", "all", "-o", "%i|%T|%N|%r")
-        if r is None or r.returncode != 0:
+        if r.returncode != 0:
             return None
         out = {}
         for line in r.stdout.splitlines():
@@ -185,7 +185,7 @@ class SlurmDispatcher(Dispatcher):
 
     def _show(self, slurm_id: str) -> dict[str, str]:
         r = self._run("scontrol", "-o", "show", "job", slurm_id)
-        if r is None or r.returncode != 0:
+        if r.returncode != 0:
             return {}
         fields = {}
         for tok in r.stdout.split():
@@ -205,7 +205,6 @@ class SlurmDispatcher(Dispatcher):
         if listing is None:
             return
         self._ready = True
-        self._last_listing = listing
         self._events.append(DispatchEvent("ready", info={"backend": "slurm",
                                                          "partition": self.s.partition}))
 
@@ -327,9 +326,9 @@ class SlurmDispatcher(Dispatcher):
     def _sbatch(self, t: Tracked) -> bool:
         now = time.monotonic()
         r = self._run("sbatch", *self.sbatch_args(t.request), stdin=self.batch_script(t.request))
-        out = (r.stdout if r else "").strip().split(";")[0]
-        if r is None or r.returncode != 0 or not out.isdigit():
-            t.last_error = ((r.stderr if r else "") or "").strip()[-500:]
+        out = r.stdout.strip().split(";")[0]
+        if r.returncode != 0 or not out.isdigit():
+            t.last_error = (r.stderr or "").strip()[-500:]
             t.submit_failed_since = t.submit_failed_since or now
             t.next_submit = now + min(30.0, max(self.s.poll_seconds, 1.0))
             t.state = "SUBMITTING"
@@ -388,7 +387,6 @@ class SlurmDispatcher(Dispatcher):
         listing = self._listing()
         if listing is None:
             return  # controller unreachable: decide nothing, try again next poll
-        self._last_listing = listing
         counts: dict[str, int] = {}
         for job_id, t in list(self.jobs.items()):
             if t.slurm_id is None or t.state == "SUBMITTING":
