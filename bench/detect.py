@@ -68,8 +68,7 @@ def main() -> None:
             print(f"  {label:<34} blazeface {b:7.1f} ms ({nb} faces)   mtcnn {m:7.1f} ms ({nm} faces)   "
                   f"ratio {b / m:.2f}")
         faces = blaze.detect(t1)
-        rgb = cv2.cvtColor(t1, cv2.COLOR_BGR2RGB)
-        per_face = median_ms(lambda: [mesher.refine_one(rgb, f) for f in faces], args.repeat) / len(faces)
+        per_face = median_ms(lambda: [mesher.refine_one(t1, f) for f in faces], args.repeat) / len(faces)
         full = rows[0][1] + per_face * len(faces)
         print(f"  FaceMesh 468 (two passes) per face: {per_face:.1f} ms; t1.jpg detect + 6 meshes "
               f"{full:.1f} ms vs mtcnn {rows[0][2]:.1f} ms: ratio {full / rows[0][2]:.2f}")

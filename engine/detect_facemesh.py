@@ -47,10 +47,11 @@ class FaceMesher:
         self.model = model
         self.passes = passes
 
-    def _mesh(self, rgb: np.ndarray, centre: np.ndarray, size: float, angle: float) -> tuple[np.ndarray, float]:
+    def _mesh(self, bgr: np.ndarray, centre: np.ndarray, size: float, angle: float) -> tuple[np.ndarray, float]:
         m = _roi_matrix(centre, size, angle)
-        crop = cv2.warpAffine(rgb, m, (INPUT, INPUT), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        raw = self.model.run(crop.astype(np.float32)[None] * np.float32(1.0 / 255.0))
+        crop = cv2.warpAffine(bgr, m, (INPUT, INPUT), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        rgb = crop[:, :, ::-1].astype(np.float32)  # only the 192x192 crop changes channel order
+        raw = self.model.run(rgb[None] * np.float32(1.0 / 255.0))
         pts = next(r for r in raw if r.size == 1404).reshape(468, 3).astype(np.float64)
         logit = float(next(r for r in raw if r.size == 1).ravel()[0])
         presence = 1.0 / (1.0 + np.exp(-np.clip(logit, -80.0, 80.0)))
@@ -60,7 +61,8 @@ class FaceMesher:
         return np.concatenate([xy, z[:, None]], axis=1).astype(np.float32), presence
 
     @staticmethod
-    def _roi_from_mesh(mesh: np.ndarray) -> tuple[np.ndarray, float, float]:
+    def roi_from_mesh(mesh: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """The region of interest (centre, side, eye-line angle) that a mesh spans, 1.5x enlarged."""
         xy = mesh[:, :2].astype(np.float64)
         d = xy[topo.LEFT_EYE_OUTER] - xy[topo.RIGHT_EYE_OUTER]
         angle = float(np.arctan2(d[1], d[0]))
@@ -71,30 +73,43 @@ class FaceMesher:
         centre = rot.T @ ((lo + hi) / 2)
         return centre, float((hi - lo).max() * ROI_SCALE), angle
 
-    def refine_one(self, rgb: np.ndarray, face: Face) -> Face | None:
-        """The face with its mesh and mesh-derived five points, or None when FaceMesh sees no face there."""
+    def refine_one(self, bgr: np.ndarray, face: Face,
+                   prior: tuple[np.ndarray, float, float] | None = None) -> Face | None:
+        """The face with its mesh and mesh-derived five points, or None when FaceMesh sees no face there.
+
+        `prior` (a region from the face's mesh in the previous video frame) allows one pass instead
+        of two, as MediaPipe tracks; when FaceMesh does not confirm the face there, the face's box is used.
+        """
+        if prior is not None:
+            mesh, presence = self._mesh(bgr, *prior)
+            if presence >= MIN_PRESENCE:
+                return face.with_(mesh=mesh, kps=five_points_from_mesh(mesh))
         kps = face.kps.astype(np.float64)
         d = kps[1] - kps[0]
         angle = float(np.arctan2(d[1], d[0]))
         x1, y1, x2, y2 = face.bbox.astype(np.float64)
         centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
         size = max(x2 - x1, y2 - y1) * ROI_SCALE
-        mesh, presence = self._mesh(rgb, centre, size, angle)
+        mesh, presence = self._mesh(bgr, centre, size, angle)
         for _ in range(self.passes - 1):
             if presence < MIN_PRESENCE:
                 break
-            mesh, presence = self._mesh(rgb, *self._roi_from_mesh(mesh))
+            mesh, presence = self._mesh(bgr, *self.roi_from_mesh(mesh))
         if presence < MIN_PRESENCE:
             return None
         return face.with_(mesh=mesh, kps=five_points_from_mesh(mesh))
 
-    def refine(self, image_bgr: np.ndarray, faces: list[Face]) -> list[Face]:
-        """Each face with its mesh; a face FaceMesh does not confirm keeps its own points and no mesh."""
+    def refine(self, image_bgr: np.ndarray, faces: list[Face],
+               priors: dict[int, tuple[np.ndarray, float, float]] | None = None) -> list[Face]:
+        """Each face with its mesh; a face FaceMesh does not confirm keeps its own points and no mesh.
+
+        `priors`: track id -> the region of that track's mesh in the previous frame (video).
+        """
         if not faces:
             return []
-        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         out = []
         for f in faces:
-            refined = self.refine_one(rgb, f)
+            prior = priors.get(f.track_id) if priors and f.track_id is not None else None
+            refined = self.refine_one(image_bgr, f, prior)
             out.append(refined if refined is not None else f)
         return out

@@ -160,12 +160,16 @@ class Pipeline:
             faces = self._detector.detect(frame)
         return self.refine(frame, faces) if mesh else faces
 
-    def refine(self, frame: np.ndarray, faces: list[Face]) -> list[Face]:
-        """Faces with FaceMesh's 468 points and the five alignment points taken from them (when loaded)."""
+    def refine(self, frame: np.ndarray, faces: list[Face],
+               priors: dict[int, tuple[np.ndarray, float, float]] | None = None) -> list[Face]:
+        """Faces with FaceMesh's 468 points and the five alignment points taken from them (when loaded).
+
+        `priors` (video): track id -> the region of that track's mesh in the previous frame.
+        """
         if self._mesher is None or not faces:
             return faces
         with self.timer.stage("mesh"):
-            return self._mesher.refine(frame, faces)
+            return self._mesher.refine(frame, faces, priors)
 
     def select(self, faces: list[Face], frame: np.ndarray) -> list[Face]:
         mode = self.options.face_selector_mode

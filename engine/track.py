@@ -351,21 +351,39 @@ class MeshSmoother:
     """Each track's 468-point mesh One-Euro filtered across frames, so a swapped face does not shimmer.
 
     The five alignment points are taken again from the smoothed mesh. Faces without a mesh or a
-    track id pass through; filters of tracks no longer alive are dropped.
+    track id pass through; filters of tracks no longer alive are dropped. `priors` gives FaceMesh
+    each track's region from the previous frame, so one pass finds the next mesh (as MediaPipe
+    tracks) instead of two from the tracked box.
     """
 
     def __init__(self, min_cutoff: float = 0.8, beta: float = 3.0) -> None:
         self.min_cutoff, self.beta = min_cutoff, beta
         self._filters: dict[int, OneEuro] = {}
+        # per track: the region its last (unsmoothed) mesh spans, and its box centre then
+        self._regions: dict[int, tuple[tuple[np.ndarray, float, float], np.ndarray]] = {}
+
+    def priors(self, faces: list[Face]) -> dict[int, tuple[np.ndarray, float, float]]:
+        """For each followed face: its track's last mesh region, moved as the face's box moved since."""
+        out = {}
+        for f in faces:
+            hit = self._regions.get(f.track_id) if f.track_id is not None else None
+            if hit is None:
+                continue
+            (centre, size, angle), was = hit
+            now = np.array([(f.bbox[0] + f.bbox[2]) / 2, (f.bbox[1] + f.bbox[3]) / 2], np.float64)
+            out[f.track_id] = (centre + (now - was), size, angle)
+        return out
 
     def __call__(self, faces: list[Face], t: float, *, alive: set[int] | None = None) -> list[Face]:
-        from sealfuse.engine.detect_facemesh import five_points_from_mesh
+        from sealfuse.engine.detect_facemesh import FaceMesher, five_points_from_mesh
 
         out = []
         for f in faces:
             if f.mesh is None or f.track_id is None:
                 out.append(f)
                 continue
+            centre = np.array([(f.bbox[0] + f.bbox[2]) / 2, (f.bbox[1] + f.bbox[3]) / 2], np.float64)
+            self._regions[f.track_id] = (FaceMesher.roi_from_mesh(f.mesh), centre)
             filt = self._filters.setdefault(f.track_id, OneEuro(self.min_cutoff, self.beta))
             width = float(np.ptp(f.mesh[:, 0])) or 1.0
             mesh = np.asarray(filt(f.mesh.astype(np.float64), t, width), np.float32)
@@ -373,4 +391,5 @@ class MeshSmoother:
         if alive is not None:
             for tid in [k for k in self._filters if k not in alive]:
                 del self._filters[tid]
+                self._regions.pop(tid, None)
         return out

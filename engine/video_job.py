@@ -181,7 +181,7 @@ class VideoJob:
                         faces = tracker.detect(bgr, faces_found, meta.time)
                     else:
                         faces = tracker.follow(bgr, meta.time)
-                faces = smoother(p.refine(bgr, faces), meta.time, alive=tracker.ids())
+                faces = smoother(p.refine(bgr, faces, smoother.priors(faces)), meta.time, alive=tracker.ids())
                 with self.busy.stage("track"):
                     chosen = selector.choose(faces, bgr, detect_frame=det is not None, alive=tracker.ids())
                 self.tracks_seen.update(f.track_id for f in faces if f.track_id is not None)

@@ -149,3 +149,21 @@ def test_the_default_demo_runs_inside_unshare_net(tmp_path, empty_models):
     assert {m["name"] for m in report["models"]} >= {"blazeface_full_range", "blazeface_short_range",
                                                       "facemesh_468"}
     assert out.stat().st_size > 10_000
+
+
+def test_mesh_priors_follow_the_tracked_box_so_one_pass_finds_the_next_mesh(demo, t1_frame):
+    face = max(demo.detect(t1_frame), key=lambda f: f.size).with_(track_id=3)
+    smoother = MeshSmoother()
+    assert smoother.priors([face]) == {}, "a new track has no prior: two passes from its box"
+    smoother([face], 0.0, alive={3})
+    shift = np.array([12.0, -7.0], np.float32)
+    moved_frame = np.roll(t1_frame, (-7, 12), axis=(0, 1))
+    moved = face.with_(bbox=face.bbox + np.tile(shift, 2), mesh=None)
+    (centre, _size, _angle), = smoother.priors([moved]).values()
+    (was, _, _), _ = smoother._regions[3]
+    assert np.allclose(centre - was, shift, atol=1e-3)
+    (found,) = demo.refine(moved_frame, [moved], smoother.priors([moved]))
+    assert found.mesh is not None
+    # the one-pass mesh lands where the face moved to (eye distance units)
+    iod = float(np.linalg.norm(face.kps[1] - face.kps[0]))
+    assert np.abs(found.kps - (face.kps + shift)).max() / iod < 0.1
