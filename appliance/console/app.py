@@ -201,9 +201,9 @@ class Console:
 
     def _purge(self) -> None:
         for rec in self.spool.expired(self.cfg.retention_hours):
-            removed = self.spool.delete_media(rec)
-            self.audit("console_purge", user="(retention)", ref=rec.ref, job=rec.job_id, removed=len(removed),
-                       retention_hours=self.cfg.retention_hours)
+            removed, kept = self.spool.delete_media(rec)
+            self.audit("console_purge", user="(retention)", ref=rec.ref, job=rec.job_id, removed=removed,
+                       kept=kept, retention_hours=self.cfg.retention_hours)
 
     # -- share ---------------------------------------------------------------------------------
     def share_files(self, limit: int = 500) -> list[str]:
@@ -600,8 +600,13 @@ async def job_delete_form(request: Request) -> Response:
 
 
 async def _delete(c: Console, user: User, rec: JobRecord) -> list[str]:
-    removed = await anyio.to_thread.run_sync(c.spool.delete_media, rec)
-    c.audit("console_delete", user=user.name, ref=rec.ref, job=rec.job_id, removed=removed)
+    removed, kept = await anyio.to_thread.run_sync(c.spool.delete_media, rec)
+    c.audit("console_delete", user=user.name, ref=rec.ref, job=rec.job_id, removed=removed, kept=kept)
+    if kept:
+        raise E.MediaNotRemovableError(
+            f"{len(kept)} file(s) of this job are in the watch service's folders, which the console may "
+            "not change; the operator removes them (or the retention purge once it can)", kept=kept,
+            removed=removed)
     return removed
 
 

@@ -368,10 +368,12 @@ class Spool:
             return None
         return path if stat.S_ISREG(st.st_mode) else None
 
-    def delete_media(self, rec: JobRecord) -> list[str]:
+    def delete_media(self, rec: JobRecord) -> tuple[list[str], list[str]]:
         """Remove the job's media (result, retained or quarantined inputs, unclaimed drops); the
-        records (result.json, error.json) stay. Returns what was removed."""
+        records (result.json, error.json) stay. Returns (removed, kept: files it may not unlink);
+        the job counts as deleted only when nothing was kept."""
         removed: list[str] = []
+        kept: list[str] = []
 
         def rm(p: Path) -> None:
             try:
@@ -379,7 +381,11 @@ class Spool:
             except FileNotFoundError:
                 return
             if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                os.unlink(p)
+                try:
+                    os.unlink(p)
+                except PermissionError:
+                    kept.append(os.path.relpath(p, self.root))
+                    return
                 removed.append(os.path.relpath(p, self.root))
 
         for f in rec.files.values():
@@ -395,9 +401,10 @@ class Spool:
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     for child in os.listdir(d):
                         rm(d / child)
-        rec.media_deleted = utcnow()
-        self.save(rec)
-        return removed
+        if not kept:
+            rec.media_deleted = utcnow()
+            self.save(rec)
+        return removed, kept
 
     def expired(self, retention_hours: float) -> list[JobRecord]:
         """Finished jobs whose media outlived the retention time."""

@@ -1,0 +1,65 @@
+"""The console's systemd unit: serves HTTP but otherwise sandboxed like the watch service; exposure
+is checked by hardening/gate.sh (tests/install/test_units.py), here what its sandbox must say."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "systemd" / "sealfuse-console.service"
+
+
+def directives() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        if line and line[0] not in "#;[":
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_console_unit_is_a_producer_that_writes_only_its_state_and_the_inbox() -> None:
+    d = directives()
+    assert d["User"] == ["sealfuse-console"] and d["SupplementaryGroups"] == ["sealfuse"]
+    assert d["ExecStart"][0].split()[1:] == ["console", "--config", "/etc/sealfuse/console.toml"]
+    assert d["ProtectSystem"] == ["strict"]
+    assert d["ReadWritePaths"] == ["/var/lib/sealfuse/spool/inbox"]
+    assert d["StateDirectory"] == ["sealfuse/console"]
+    # no model file is visible: a read-only tmpfs over the models with only the lock bound in
+    assert d["TemporaryFileSystem"] == ["/opt/sealfuse/current/models:ro"]
+    assert d["BindReadOnlyPaths"] == ["-/opt/sealfuse/current/models/models.lock.json"]
+    for hidden in ("/var/lib/sealfuse/state", "/var/lib/sealfuse/audit", "/var/lib/sealfuse/spool/work"):
+        assert f"-{hidden}" in d["InaccessiblePaths"][0].split()
+
+
+def test_console_unit_allows_only_what_serving_http_needs() -> None:
+    d = directives()
+    assert d["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
+    assert d["IPAddressDeny"] == ["any"] and d["IPAddressAllow"] == ["localhost"]
+    assert "PrivateNetwork" not in d
+    for key, value in [("NoNewPrivileges", "yes"), ("CapabilityBoundingSet", ""), ("PrivateDevices", "yes"),
+                       ("LimitCORE", "0"), ("UMask", "0077"), ("MemoryDenyWriteExecute", "yes"),
+                       ("PrivateUsers", "yes"), ("ProtectHome", "yes"), ("PrivateTmp", "yes")]:
+        assert d[key] == [value], key
+
+
+def test_console_unit_scores_at_most_two_in_the_gate() -> None:
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    r = subprocess.run(["bash", str(REPO / "hardening" / "gate.sh")], capture_output=True, text=True, timeout=120)
+    m = re.search(r"^PASS sealfuse-console\.service exposure=([0-9.]+)$", r.stdout, re.M)
+    assert m, r.stdout
+    assert float(m.group(1)) <= 2.0
+    print("sealfuse-console.service exposure:", m.group(1))
+
+
+def test_sysusers_puts_the_console_in_the_producers_group() -> None:
+    lines = (REPO / "systemd" / "sysusers.d" / "sealfuse.conf").read_text().splitlines()
+    assert any(re.match(r"^u sealfuse-console\s", x) for x in lines)
+    assert "m sealfuse-console sealfuse" in lines
