@@ -37,7 +37,7 @@ from sealfuse.appliance.release import (
     write_atomic,
 )
 from sealfuse.appliance.staging import check_platform, check_space, stage_release
-from sealfuse.appliance.units import activate, check_service_paths, service_files
+from sealfuse.appliance.units import activate, check_service_paths, service_files, stop_console
 from sealfuse.verifier import (
     Trust,
     VerificationError,
@@ -124,6 +124,7 @@ def _return_to(layout: Layout, record: InstallRecord, systemd: Systemd, failed: 
     """The new release `failed` did not come up: switch back to `previous` and restart it."""
     journal = systemd.journal_tail()
     if previous is None:
+        stop_console(layout, systemd)
         systemd.stop()
         systemd.disable()
         layout.current.unlink(missing_ok=True)

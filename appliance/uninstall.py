@@ -20,7 +20,7 @@ from sealfuse.appliance.release import (
     remove_tree,
     systemd_for,
 )
-from sealfuse.appliance.units import apparmor_enabled, service_files
+from sealfuse.appliance.units import apparmor_enabled, service_files, stop_console
 
 
 @dataclass
@@ -62,6 +62,7 @@ def uninstall(layout: Layout | None = None, systemd: Systemd | None = None, *,
     removed: list[str] = []
     with locked(layout):
         audit_event(layout, "uninstall", version=record.current, purge=purge)
+        stop_console(layout, systemd)
         systemd.stop()
         systemd.disable()
         ours = [*service_files(layout), layout.sysusers_file, layout.tmpfiles_file]

@@ -14,6 +14,46 @@ from sealfuse.appliance import fsutil
 from sealfuse.appliance.errors import StateError, SystemdError, UnsafePathError
 from sealfuse.appliance.release import UNIT, Layout, Systemd, switch_symlink, write_atomic
 
+CONSOLE_UNIT = "sealfuse-console.service"
+CONSOLE_CONFIG = "etc/sealfuse/console.toml"
+
+
+def console_enabled(layout: Layout) -> bool:
+    """`[console] enabled = true` in /etc/sealfuse/console.toml (an unreadable file means off)."""
+    import tomllib
+
+    try:
+        data = tomllib.loads((layout.root / CONSOLE_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    console = data.get("console")
+    return isinstance(console, dict) and console.get("enabled") is True
+
+
+def sync_console(layout: Layout, systemd: Systemd) -> str:
+    """Enable and (re)start the console unit when the config enables it, else disable and stop
+    it. The console never decides whether a release came up: its failure is reported, not fatal."""
+    unit = layout.unit_dir / CONSOLE_UNIT
+    root_args = [] if layout.root == Path("/") else [f"--root={layout.root}"]
+    if console_enabled(layout) and unit.is_file():
+        systemd._run(["systemctl", *root_args, "enable", CONSOLE_UNIT])
+        if not systemd.available:
+            return "enabled"
+        r = systemd._run(["systemctl", "restart", CONSOLE_UNIT], check=False)
+        return "started" if r.returncode == 0 else f"failed to start: {r.stderr.strip()}"
+    stop_console(layout, systemd)
+    return "disabled"
+
+
+def stop_console(layout: Layout, systemd: Systemd) -> None:
+    """Disable and stop the console unit (before its file is removed)."""
+    if not (layout.unit_dir / CONSOLE_UNIT).exists():
+        return
+    root_args = [] if layout.root == Path("/") else [f"--root={layout.root}"]
+    systemd._run(["systemctl", *root_args, "disable", CONSOLE_UNIT], check=False)
+    if systemd.available:
+        systemd._run(["systemctl", "stop", CONSOLE_UNIT], check=False)
+
 
 def want_gpu(layout: Layout, opts_gpu: bool | None) -> bool:
     """--gpu/--no-gpu, else whether the root has /dev/nvidiactl."""
@@ -29,8 +69,9 @@ def apparmor_enabled(layout: Layout) -> bool:
 
 
 def service_files(layout: Layout) -> list[Path]:
-    """The unit and the drop-ins that start or shape the service (removed when it must not run)."""
-    return [layout.unit_file, layout.dropin_dir / "gpu.conf", layout.dropin_dir / "apparmor.conf"]
+    """The units and the drop-ins that start or shape the services (removed when they must not run)."""
+    return [layout.unit_file, layout.dropin_dir / "gpu.conf", layout.dropin_dir / "apparmor.conf",
+            layout.unit_dir / CONSOLE_UNIT]
 
 
 def install_units(layout: Layout, version: str, gpu: bool | None) -> list[str]:
@@ -47,6 +88,8 @@ def install_units(layout: Layout, version: str, gpu: bool | None) -> list[str]:
     if not unit_src.is_file():
         raise StateError(f"release {version} carries no systemd/{UNIT}", version=version)
     put(unit_src, layout.unit_file)
+    if (units / CONSOLE_UNIT).is_file():  # started only when the console config enables it
+        put(units / CONSOLE_UNIT, layout.unit_dir / CONSOLE_UNIT)
     put(units / "sysusers.d" / "sealfuse.conf", layout.sysusers_file)
     put(units / "tmpfiles.d" / "sealfuse.conf", layout.tmpfiles_file)
     hardening = payload / "hardening"
@@ -74,6 +117,7 @@ def activate(layout: Layout, version: str, systemd: Systemd, gpu: bool | None) -
     systemd.sysusers()
     systemd.tmpfiles()
     systemd.enable()
+    sync_console(layout, systemd)
 
 
 def _tmpfiles_entries(conf: Path) -> list[tuple[str, str, str]]:

@@ -173,19 +173,22 @@ class Console:
         return [self.view(user, r) for r in self.spool.records() if self.visible(user, r)]
 
     async def sweep(self) -> None:
-        """Notify when a job ends; purge media past the retention time. Fed by the change feed."""
-        since = -1
-        last_purge = 0.0
+        """Notify when a job ends; purge media past the retention time. Woken by the change feed."""
         loop = asyncio.get_running_loop()
+        retention_s = self.cfg.retention_hours * 3600
+        purge_every = min(3600.0, max(1.0, retention_s / 10)) if retention_s > 0 else 3600.0
+        last_purge = 0.0
         while True:
+            since = self.feed.version
             with contextlib.suppress(Exception):
                 await anyio.to_thread.run_sync(self._sweep_once)
-            if loop.time() - last_purge > min(3600.0, max(60.0, self.cfg.retention_hours * 36)):
+            if retention_s > 0 and loop.time() - last_purge >= purge_every:
                 last_purge = loop.time()
-                with contextlib.suppress(Exception):
+                try:
                     await anyio.to_thread.run_sync(self._purge)
-            since = self.feed.version
-            await self.feed.wait(since, 60.0)
+                except Exception:  # noqa: BLE001 - logged; the next round tries again
+                    log.exception("retention purge failed")
+            await self.feed.wait(since, min(60.0, purge_every))
 
     def _sweep_once(self) -> None:
         for rec in self.spool.records():

@@ -40,6 +40,7 @@ MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
 ROLES = ("source", "target", "reference")
 MANIFEST_SUFFIX = ".job.json"
 REF_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ABS_PATH = re.compile(r"(?<![\w.])(/[^\s:'\"]+)")
 FILE_MODE = 0o640  # the daemon reads drops through the producers' group
 SWAPPER_FAMILIES = ("inswapper", "ghost", "simswap", "hyperswap", "blendswap", "uniface")
 ENHANCER_FAMILIES = ("gfpgan", "codeformer", "restoreformer", "gpen")
@@ -353,6 +354,8 @@ class Spool:
         if rec.media_deleted and v["state"] == "done":
             v["output_kind"] = None
         v["reason_text"] = reason_text(v["reason"]) if v["state"] == "failed" else None
+        if v.get("message"):  # the daemon's message names paths on the appliance: keep file names only
+            v["message"] = ABS_PATH.sub(lambda m: m.group(1).rsplit("/", 1)[-1], str(v["message"]))
         return v
 
     def output_path(self, rec: JobRecord, view: dict[str, Any]) -> Path | None:

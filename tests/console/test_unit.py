@@ -63,3 +63,25 @@ def test_sysusers_puts_the_console_in_the_producers_group() -> None:
     lines = (REPO / "systemd" / "sysusers.d" / "sealfuse.conf").read_text().splitlines()
     assert any(re.match(r"^u sealfuse-console\s", x) for x in lines)
     assert "m sealfuse-console sealfuse" in lines
+
+
+def test_installer_enables_the_console_only_when_its_config_says_so(tmp_path: Path) -> None:
+    from sealfuse.appliance.release import Layout, OfflineSystemd
+    from sealfuse.appliance.units import CONSOLE_UNIT, console_enabled, sync_console
+
+    if not shutil.which("systemctl"):
+        pytest.skip("systemctl is not installed")
+    layout = Layout(root=tmp_path)
+    layout.unit_dir.mkdir(parents=True)
+    (layout.unit_dir / CONSOLE_UNIT).write_bytes(UNIT.read_bytes())
+    link = layout.unit_dir / "multi-user.target.wants" / CONSOLE_UNIT
+    assert not console_enabled(layout)
+    assert sync_console(layout, OfflineSystemd(layout)) == "disabled" and not link.exists()
+    conf = tmp_path / "etc" / "sealfuse" / "console.toml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("[console]\nenabled = true\n")
+    assert console_enabled(layout)
+    assert sync_console(layout, OfflineSystemd(layout)) == "enabled"
+    assert link.is_symlink()
+    conf.write_text("[console]\nenabled = false\n")
+    assert sync_console(layout, OfflineSystemd(layout)) == "disabled" and not link.exists()
