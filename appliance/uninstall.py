@@ -35,10 +35,12 @@ class UninstallResult:
 
 
 def _delete_user(layout: Layout) -> list[str]:
-    """Remove the sealfuse user and group that sysusers.d created."""
+    """Remove the users and groups that sysusers.d created (the console's first: it is a member
+    of group sealfuse)."""
     removed = []
     root_args = [] if layout.root == Path("/") else ["--root", str(layout.root)]
-    for tool, name, db in (("userdel", "sealfuse", "passwd"), ("groupdel", "sealfuse", "group")):
+    for tool, name, db in (("userdel", "sealfuse-console", "passwd"), ("groupdel", "sealfuse-console", "group"),
+                           ("userdel", "sealfuse", "passwd"), ("groupdel", "sealfuse", "group")):
         dbfile = layout.root / "etc" / db
         if dbfile.exists() and any(line.startswith(f"{name}:")
                                    for line in dbfile.read_text().splitlines()):
