@@ -42,7 +42,6 @@ MANIFEST_SUFFIX = ".job.json"
 REF_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ABS_PATH = re.compile(r"(?<![\w.])(/[^\s:'\"]+)")
 FILE_MODE = 0o640  # the daemon reads drops through the producers' group
-SWAPPER_FAMILIES = ("inswapper", "ghost", "simswap", "hyperswap", "blendswap", "uniface")
 ENHANCER_FAMILIES = ("gfpgan", "codeformer", "restoreformer", "gpen")
 FINAL_STATES = ("done", "failed", "removed")
 
@@ -85,8 +84,9 @@ def reason_text(reason: str | None) -> str | None:
 # -- models and options ---------------------------------------------------------------------------
 def models_available(models_dir: Path) -> dict[str, list[str]]:
     """Which swapper and enhancer models a job may name: those pinned in models.lock.json (the
-    console reads the lock, never a model file), plus the starter's `classic` swapper."""
-    from sealfuse.engine import CATALOG, read_lock
+    console reads the lock, never a model file), plus swappers that need only starter models."""
+    from sealfuse.engine.registry import CATALOG, read_lock
+    from sealfuse.engine.swappers import swapper_names
 
     try:
         lock = read_lock(models_dir) if models_dir.is_dir() else {}
@@ -94,12 +94,12 @@ def models_available(models_dir: Path) -> dict[str, list[str]]:
         lock = {}
 
     def present(spec: Any) -> bool:
-        return bool(spec.packaged or spec.sha256 or spec.file in lock)
+        return bool(spec is None or spec.packaged or spec.sha256 or spec.file in lock)
 
-    swappers = [s.name for s in CATALOG.values() if s.family in SWAPPER_FAMILIES and present(s)]
+    swappers = [n for n in swapper_names() if present(CATALOG.get(n))]
     enhancers = [s.name for s in CATALOG.values() if s.family in ENHANCER_FAMILIES and present(s)]
     region = any(s.family == "bisenet" and present(s) for s in CATALOG.values())
-    return {"face_swapper_model": ["auto", *swappers, "classic"], "face_enhancer_model": enhancers,
+    return {"face_swapper_model": ["auto", *swappers], "face_enhancer_model": enhancers,
             "face_mask_types": ["box", "ellipse", *(["region"] if region else [])],
             "frame_processors": ["face_swapper", *(["face_enhancer"] if enhancers else [])],
             "face_selector_mode": ["many", "one", "reference"]}
