@@ -132,6 +132,8 @@ class Metrics:
         if backend == "slurm":
             for state in SLURM_STATES:
                 self.slurm_jobs.labels(state)
+            for command in ("sbatch", "squeue", "scontrol", "scancel"):
+                self.slurm_errors.labels(command)
         self._nvml: Any = nvml if nvml is not None else _init_nvml()
 
     # ------------------------------------------------------------------------ updates

@@ -12,7 +12,7 @@ MON = Path(__file__).resolve().parents[2] / "monitoring"
 RULES = MON / "prometheus" / "sealfuse-alerts.yml"
 ALERTS = {"SealfuseDown", "SealfuseQueueStuck", "SealfuseFailureRatioHigh", "SealfuseWorkerRestarting",
           "SealfuseServiceRestarting", "SealfuseSpoolDiskSpaceLow", "NodeDiskSpaceLow",
-          "NodeClockSkew", "NodeClockNotSynchronising"}
+          "NodeClockSkew", "NodeClockNotSynchronising", "SealfuseSlurmCommandsFailing"}
 
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None,
                                 reason="needs promtool (Debian's prometheus package)")
