@@ -106,12 +106,26 @@ def _read_password(confirm: bool = True) -> str:
     return line.rstrip("\n")
 
 
-def _store_and_audit(config: Path, state_dir: Path | None) -> tuple[Any, Any]:
-    from sealfuse.appliance.audit import AuditLog
+class _Audit:
+    """The console's audit log as the CLI writes it (as root: the file stays the service's)."""
+
+    def __init__(self, path: Path) -> None:
+        from sealfuse.appliance.audit import AuditLog
+
+        self.path, self.log = path, AuditLog(path)
+
+    def append(self, event: str, **fields: Any) -> None:
+        from sealfuse.appliance.console.users import match_owner
+
+        self.log.append(event, **fields)
+        match_owner(self.path)
+
+
+def _store_and_audit(config: Path, state_dir: Path | None) -> tuple[Any, _Audit]:
     from sealfuse.appliance.console.users import UserStore
 
     cfg = _cfg(config, state_dir)
-    return UserStore(cfg.state_dir), AuditLog(cfg.audit_log)
+    return UserStore(cfg.state_dir), _Audit(cfg.audit_log)
 
 
 def _operator() -> str:

@@ -84,6 +84,17 @@ def check_password(password: str) -> str:
     return password
 
 
+def match_owner(path: Path) -> None:
+    """Run as root (the `sealfuse users` CLI), give a file in the state dir to the dir's owner, so
+    the console service (user sealfuse-console) can still write it."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        st = os.stat(path.parent)
+        if (st.st_uid, st.st_gid) != (0, 0):
+            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
 class UserStore:
     """`STATE/users.json`: read on change, every write under an exclusive lock and atomic."""
 
@@ -143,6 +154,7 @@ class UserStore:
         lock_path = self.path.with_name(".users.lock")
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            match_owner(lock_path)
         except OSError as exc:
             raise StoreError(f"cannot lock {lock_path}: {exc}", path=str(lock_path)) from exc
         try:
@@ -152,9 +164,7 @@ class UserStore:
             body = json.dumps({"version": 1, "users": users}, indent=2, sort_keys=True) + "\n"
             try:
                 write_atomic(self.path, body.encode(), mode=STORE_MODE)
-                st = os.stat(self.path.parent)
-                if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-                    os.chown(self.path, st.st_uid, st.st_gid)  # root's CLI keeps the store the service's
+                match_owner(self.path)  # root's CLI keeps the store the service's
             except OSError as exc:
                 raise StoreError(f"cannot write {self.path}: {exc}", path=str(self.path)) from exc
         finally:
