@@ -166,7 +166,9 @@ def status(root: Path, as_json: bool) -> None:
             f"(threshold {sig.get('threshold', '-')}), manifest {sig.get('manifest_sha256', '-')}",
             f"validity:  {sig.get('created', '-')} .. {sig.get('expires', '-')}",
             f"licences:  policy {doc['licence_policy'] or '-'}; "
-            + (", ".join(f"{m['name']} ({m['licence_class'] or 'unknown'})"
+            + (", ".join(f"{m['name']} ({m['licence_class'] or 'unknown'}"
+                         + (f"; commercial by grant {m['licence_grant']})"
+                            if m.get("licence_grant") else ")")
                          for m in doc["models"]) or "no models"),
         ]
         click.echo("\n".join(lines))

@@ -110,7 +110,7 @@ def status(layout: Layout | None = None, systemd: Systemd | None = None) -> dict
                                                "downgrade")} if info else None,
         # A release made from a bundle without a policy (older) is "any".
         "licence_policy": info.get("licence_policy", "any") if info else None,
-        "models": [{k: m.get(k) for k in ("name", "licence", "licence_class")}
+        "models": [{k: m.get(k) for k in ("name", "licence", "licence_class", "licence_grant")}
                    for m in info.get("models", [])] if info else [],
         "history": record.history[-5:],
     }

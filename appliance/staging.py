@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from sealfuse.appliance import fsutil
 from sealfuse.appliance.errors import InsufficientSpaceError, PlatformMismatchError, VenvError
@@ -105,6 +106,21 @@ def stage_provenance_key(release: Path) -> bool:
     return True
 
 
+def model_lock_entries(vb: VerifiedBundle) -> list[dict[str, Any]]:
+    """The models.lock.json entries of a verified bundle's models. `licence_class` is the class the
+    policy counts (`commercial` under a licence grant: the engine runs the model under a
+    commercial policy); a granted entry also keeps its grant and the licence's own class."""
+    entries = []
+    for m in vb.models:
+        entry: dict[str, Any] = {"name": m.name, "file": Path(m.file).name, "sha256": m.sha256,
+                                 "size": m.size, "licence": m.licence,
+                                 "licence_class": m.policy_class}
+        if m.licence_grant is not None:
+            entry.update(licence_grant=m.licence_grant, licence_own_class=m.licence_class)
+        entries.append(entry)
+    return entries
+
+
 def stage_release(bundle: Path, trust: Trust, staging: Path, *, python: str,
                   allow_downgrade: bool, now: str | None, floor: str | None) -> VerifiedBundle:
     """Extract (re-verifying every byte), build the venv, lay out models read-only."""
@@ -124,9 +140,7 @@ def stage_release(bundle: Path, trust: Trust, staging: Path, *, python: str,
     # The engine's registry refuses any model without a pin: write the pins from the verified
     # manifest, so each session is created only from a file matching its signed sha256.
     # ... and the bundle's licence policy with each model's licence class (verifier/licences.py).
-    write_lock(models, [{"name": m.name, "file": Path(m.file).name, "sha256": m.sha256,
-                         "size": m.size, "licence": m.licence, "licence_class": m.licence_class}
-                        for m in vb.models], licence_policy=vb.manifest.licence_policy)
+    write_lock(models, model_lock_entries(vb), licence_policy=vb.manifest.licence_policy)
     models_fd = fsutil.open_dir(models, require_trusted=True)
     try:
         for name in os.listdir(models_fd):

@@ -115,6 +115,8 @@ class BuildInputs:
     model_urls: Sequence[str] = ()
     licences: Mapping[str, str] = field(default_factory=dict)
     licence_policy: LicencePolicy = DEFAULT_POLICY
+    # file -> the studio's reference for a commercial licence it holds (--licence-grant)
+    licence_grants: Mapping[str, str] = field(default_factory=dict)
     units_dir: Path | None = Path("systemd")
     hardening_dir: Path | None = Path("hardening")
     configs: Sequence[Path] = ()
@@ -282,7 +284,7 @@ def build_bundle(inputs: BuildInputs) -> BuildResult:
             warnings.append("no wheels: the bundle installs no Python packages")
         (tmp / "models").mkdir()
         models = collect_models(inputs.models_dir, inputs.model_urls, inputs.licences,
-                                tmp / "models")
+                                tmp / "models", inputs.licence_grants)
         check_policy(models, LicencePolicy(inputs.licence_policy))
 
         files: list[tuple[str, Path, str]] = []
@@ -325,7 +327,7 @@ def build_bundle(inputs: BuildInputs) -> BuildResult:
             ModelEntry(m.name, f"payload/models/{m.path.name}",
                        members[f"payload/models/{m.path.name}"].sha256,
                        members[f"payload/models/{m.path.name}"].size, m.licence,
-                       str(m.licence_class))
+                       str(m.licence_class), m.licence_grant)
             for m in models)
         lock = tuple(LockEntry(w.name, w.version, f"payload/wheels/{w.path.name}", sha)
                      for w, sha in hashed_wheels)

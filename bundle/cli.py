@@ -11,7 +11,12 @@ import click
 
 from sealfuse.bundle.errors import BUILD_EXIT_CODES, BundleError, OutputWriteError
 from sealfuse.verifier.errors import VerificationError, exit_code_help
-from sealfuse.verifier.licences import DEFAULT_POLICY, LicencePolicy
+from sealfuse.verifier.licences import (
+    DEFAULT_POLICY,
+    MAX_GRANT_CHARS,
+    LicencePolicy,
+    describe_class,
+)
 
 _EPILOG = exit_code_help(BUILD_EXIT_CODES) + (
     "\n20-62  a bundle read by sign or inspect fails a structural check "
@@ -45,6 +50,19 @@ def _licence(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _grants(values: tuple[str, ...]) -> dict[str, str]:
+    """FILE=REFERENCE pairs; the reference itself is checked by the builder (exit 88)."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, ref = v.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{v!r} is not FILE=REFERENCE", param_hint="--licence-grant")
+        if name in out:
+            raise click.BadParameter(f"{name} is granted twice", param_hint="--licence-grant")
+        out[name] = ref
+    return out
+
+
 @bundle.command("build", epilog=_EPILOG)
 @click.option("--version", "version", required=True, help="Bundle version, dotted integers.")
 @click.option("--out-dir", default=".", show_default=True,
@@ -72,6 +90,13 @@ def _licence(values: tuple[str, ...]) -> dict[str, str]:
               help="`commercial`: refuse (exit 84) any model whose licence class is "
                    "noncommercial, research or unknown, naming each file and licence. The "
                    "policy is recorded in the signed manifest.")
+@click.option("--licence-grant", "licence_grants", multiple=True, metavar="FILE=REFERENCE",
+              help="The studio holds a commercial licence for model FILE: REFERENCE (your "
+                   f"contract or licence reference, 1-{MAX_GRANT_CHARS} printable characters) is "
+                   "recorded in the signed manifest next to the model's own licence, and the "
+                   "policy counts FILE as commercial. Your attestation: sealfuse does not check "
+                   "the contract. A FILE not in the bundle or an empty REFERENCE is refused "
+                   "(exit 88). Repeat.")
 @click.option("--units-dir", default="systemd", show_default=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="systemd units (missing or empty: warned, bundle has none).")
@@ -92,7 +117,7 @@ def _licence(values: tuple[str, ...]) -> dict[str, str]:
 def build(version: str, out_dir: Path, product: str, python_version: str, platform_tag: str,
           wheelhouse: Path | None, requirements: tuple[Path, ...], pip_no_deps: bool,
           models_dir: Path | None, model_urls: tuple[str, ...], licences: tuple[str, ...],
-          licence_policy: str, units_dir: Path, hardening_dir: Path, configs: tuple[Path, ...],
+          licence_policy: str, licence_grants: tuple[str, ...], units_dir: Path, hardening_dir: Path, configs: tuple[Path, ...],
           images: tuple[Path, ...], provenance_dir: Path | None, expires_days: int,
           as_json: bool) -> None:
     """Build an unsigned, reproducible bundle <product>-<version>-<cpXY>-<arch>.bundle.
@@ -108,6 +133,7 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
         platform_tag=platform_tag, wheelhouse=wheelhouse, requirements=requirements,
         pip_no_deps=pip_no_deps, models_dir=models_dir, model_urls=model_urls,
         licences=_licence(licences), licence_policy=LicencePolicy(licence_policy),
+        licence_grants=_grants(licence_grants),
         units_dir=units_dir, hardening_dir=hardening_dir, configs=configs, images=images,
         provenance_dir=provenance_dir, expires_days=expires_days)
     try:
@@ -123,7 +149,8 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
             "version": m.version, "members": len(m.members), "warnings": list(result.warnings),
             "licence_policy": m.licence_policy,
             "models": [{"name": e.name, "file": e.file, "licence": e.licence,
-                        "licence_class": e.licence_class} for e in m.models],
+                        "licence_class": e.licence_class, "licence_grant": e.licence_grant,
+                        "policy_class": e.policy_class} for e in m.models],
         }, indent=2, sort_keys=True))
         return
     for w in result.warnings:
@@ -132,7 +159,8 @@ def build(version: str, out_dir: Path, product: str, python_version: str, platfo
     click.echo(f"  sha256 {result.sha256}")
     click.echo(f"  licence policy: {m.licence_policy}")
     for e in m.models:
-        click.echo(f"  model {e.name} ({e.file}): licence {e.licence} [{e.licence_class}]")
+        click.echo(f"  model {e.name} ({e.file}): licence {e.licence} "
+                   f"[{describe_class(e.licence_class, e.licence_grant)}]")
     click.echo(f"  {len(m.lock)} wheels locked; expires {m.expires.isoformat()}; unsigned")
 
 
@@ -236,7 +264,7 @@ def inspect(bundle_path: Path, trust_path: Path | None, as_json: bool) -> None:
         click.echo(f"  {mem.kind:<9} {mem.size:>12}  {mem.sha256[:16]}  {mem.path}")
     click.echo(f"licences (policy {m.licence_policy}):")
     for e in m.models:
-        click.echo(f"  {e.name}: {e.licence} [{e.licence_class}]")
+        click.echo(f"  {e.name}: {e.licence} [{describe_class(e.licence_class, e.licence_grant)}]")
     if not m.models:
         click.echo("  (no models)")
     click.echo(f"signatures ({len(signers)} key(s)):")

@@ -52,6 +52,13 @@ class LicencePolicyError(BuildError):
     exit_code = 84
 
 
+class LicenceGrantError(BuildError):
+    """A --licence-grant names a model file the bundle does not carry, or its reference is empty,
+    not printable or too long."""
+
+    exit_code = 88
+
+
 class OutputWriteError(BundleError):
     """The bundle or another output cannot be written (disk full, read-only, permissions)."""
 

@@ -3,7 +3,8 @@ licence class (sealfuse.verifier.licences), checked against the bundle's licence
 
 Licence text: `--licence FILE=TEXT`, else the directory's catalog.json, else sealfuse's table.
 Licence class: sealfuse's table for a file it knows with a known class; for any other file the
-catalog.json `licence_class` the operator states, else `unknown`.
+catalog.json `licence_class` the operator states, else `unknown`. A licence grant
+(`--licence-grant FILE=REFERENCE`) keeps both and makes the policy count the file as commercial.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from pathlib import Path
 
 from sealfuse.bundle.errors import (
     BuildError,
+    LicenceGrantError,
     LicenceMissingError,
     LicencePolicyError,
     ModelDigestError,
 )
 from sealfuse.verifier.inputs import MAX_TRUST_BYTES, loads_strict, read_regular
-from sealfuse.verifier.licences import LicenceClass, LicencePolicy, known
+from sealfuse.verifier.licences import (
+    LicenceClass,
+    LicencePolicy,
+    grant_problem,
+    known,
+    policy_class,
+)
 from sealfuse.verifier.model import check_member_path
 
 CATALOG_NAME = "catalog.json"
@@ -39,6 +47,11 @@ class ModelSource:
     name: str
     licence: str
     licence_class: LicenceClass = LicenceClass.UNKNOWN
+    licence_grant: str | None = None  # the studio's reference for a commercial licence it holds
+
+    @property
+    def policy_class(self) -> LicenceClass:
+        return policy_class(self.licence_class, self.licence_grant)
 
 
 def parse_model_url(spec: str) -> tuple[str, str, str]:
@@ -109,9 +122,25 @@ def licence_of(file: str, override: str | None, entry: Mapping[str, str]
     return text, LicenceClass(entry.get("licence_class", LicenceClass.UNKNOWN))
 
 
+def check_grants(grants: Mapping[str, str], files: Sequence[str]) -> None:
+    """LicenceGrantError unless every grant names a model file of the bundle and has a valid
+    reference (every problem at once)."""
+    problems = [f"{file}: {why}" for file, ref in sorted(grants.items())
+                if (why := grant_problem(ref))]
+    missing = sorted(set(grants) - set(files))
+    if missing:
+        problems.append(f"no model file {', '.join(missing)} in this bundle (its models: "
+                        f"{', '.join(sorted(files)) or 'none'})")
+    if problems:
+        raise LicenceGrantError("--licence-grant refused: " + "; ".join(problems),
+                                problems=problems, missing=missing)
+
+
 def collect_models(models_dir: Path | None, model_urls: Sequence[str],
-                   licences: Mapping[str, str], download_dir: Path) -> list[ModelSource]:
-    """Every model file to ship, named and licensed."""
+                   licences: Mapping[str, str], download_dir: Path,
+                   grants: Mapping[str, str] | None = None) -> list[ModelSource]:
+    """Every model file to ship, named and licensed (and granted, per `grants`: file -> ref)."""
+    grants = grants or {}
     catalog = read_catalog(models_dir)
     paths: list[Path] = []
     if models_dir is not None:
@@ -130,17 +159,21 @@ def collect_models(models_dir: Path | None, model_urls: Sequence[str],
         text, cls = licence_of(p.name, licences.get(p.name), entry)
         table = known(p.name)
         name = entry.get("name") or (table.name if table else p.stem)
-        models.append(ModelSource(p, name, text, cls))
+        models.append(ModelSource(p, name, text, cls, grants.get(p.name)))
+    check_grants(grants, [m.path.name for m in models])
     return models
 
 
 def check_policy(models: Sequence[ModelSource], policy: LicencePolicy) -> None:
     """Refuse, naming every file, licence and class, the models `policy` does not allow."""
-    refused = [m for m in models if not policy.allows(m.licence_class)]
+    refused = [m for m in models if not policy.allows(m.policy_class)]
     if refused:
         listing = "; ".join(f"{m.path.name} ({m.licence}: {m.licence_class})" for m in refused)
         raise LicencePolicyError(
             f"--licence-policy {policy} refuses {len(refused)} model(s) whose licence does not "
-            f"allow commercial use or is unknown: {listing}", policy=str(policy),
+            f"allow commercial use or is unknown: {listing}. A studio that holds a commercial "
+            f"licence for one of them records it with --licence-grant FILE=REFERENCE",
+            policy=str(policy),
             refused=[{"file": m.path.name, "licence": m.licence,
                       "licence_class": str(m.licence_class)} for m in refused])
+

@@ -319,6 +319,7 @@ def list_models(models_dir: Path | None, as_json: bool) -> None:
         cls = licence_class_of(spec, lock.get(spec.file))
         rows.append({"name": spec.name, "family": spec.family, "role": _role(spec.name, spec.family),
                      "file": spec.file, "licence": spec.licence, "licence_class": cls,
+                     "licence_grant": (lock.get(spec.file) or {}).get("licence_grant"),
                      "allowed": policy == "any" or cls == "commercial",
                      "present": spec.packaged or bool(path and path.is_file()),
                      "pinned": bool(spec.sha256) or spec.file in lock})
@@ -330,7 +331,8 @@ def list_models(models_dir: Path | None, as_json: bool) -> None:
         state = "present" if r["present"] else "missing"
         state += ", pinned" if r["pinned"] else ""
         state += "" if r["allowed"] else ", refused"
-        click.echo(f"{r['name']:<24} {r['role']:<20} {state:<25} {r['licence']}")
+        grant = f" (commercial by grant {r['licence_grant']})" if r["licence_grant"] else ""
+        click.echo(f"{r['name']:<24} {r['role']:<20} {state:<25} {r['licence']}{grant}")
 
 
 def _role(name: str, family: str) -> str:

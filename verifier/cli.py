@@ -37,6 +37,7 @@ from sealfuse.verifier.keys import (
     serialize_private,
     short_keyid,
 )
+from sealfuse.verifier.licences import describe_class
 from sealfuse.verifier.trust import (
     SigstorePolicy,
     Trust,
@@ -145,7 +146,8 @@ def verify(bundle: Path, trust_path: Path, as_json: bool, floor_version: str | N
                f"{signers}")
     click.echo(f"  sigstore: {result.signatures.sigstore}; expires {result.expires.isoformat()}")
     click.echo(f"  licence policy: {result.manifest.licence_policy}; models: "
-               + (", ".join(f"{m.name} ({m.licence_class})" for m in result.models) or "none"))
+               + (", ".join(f"{m.name} ({describe_class(m.licence_class, m.licence_grant)})"
+                            for m in result.models) or "none"))
     if result.downgrade:
         click.echo(f"  DOWNGRADE allowed below/at floor {floor_version}")
     click.echo(f"  manifest sha256 {result.manifest_sha256}")

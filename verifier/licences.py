@@ -5,6 +5,11 @@ The engine keeps its own licence strings in its catalog; tests/verifier/test_lic
 that they equal the texts here. A class says what the licence allows a studio to do:
 `commercial` (commercial use allowed), `noncommercial`, `research` (research use only) or
 `unknown` (no licence stated that sealfuse could check).
+
+A licence grant is the studio's own attestation that it holds a commercial licence for one model
+file (`bundle build --licence-grant FILE=REFERENCE`): the signed manifest keeps the model's own
+licence and class and adds the reference; the policy then counts the model as `commercial`.
+sealfuse records the grant; it does not verify the contract behind it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,34 @@ class LicencePolicy(StrEnum):
 
 
 DEFAULT_POLICY = LicencePolicy.ANY  # what an old manifest without `licence_policy` means
+
+MAX_GRANT_CHARS = 200  # a contract or licence reference, not the contract itself
+
+
+def grant_problem(reference: object) -> str | None:
+    """None when `reference` is a valid licence-grant reference, else why it is not: a grant is
+    1-200 printable characters (no control characters, not only whitespace)."""
+    if not isinstance(reference, str):
+        return "a grant reference must be text"
+    if not reference.strip():
+        return "a grant reference must not be empty"
+    if len(reference) > MAX_GRANT_CHARS:
+        return f"a grant reference is at most {MAX_GRANT_CHARS} characters, not {len(reference)}"
+    if not reference.isprintable():
+        return "a grant reference must be printable (no control characters or line breaks)"
+    return None
+
+
+def policy_class(licence_class: LicenceClass | str, grant: str | None) -> LicenceClass:
+    """The class the policy counts: `commercial` under a licence grant, else the licence's own."""
+    return LicenceClass.COMMERCIAL if grant else LicenceClass(licence_class)
+
+
+def describe_class(licence_class: LicenceClass | str, grant: str | None) -> str:
+    """How builder, verify, inspect and status print a model's class (and its grant)."""
+    if grant:
+        return f"{LicenceClass(licence_class)}; commercial by grant {grant}"
+    return str(LicenceClass(licence_class))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,14 @@ from sealfuse.verifier.errors import (
     ManifestError,
 )
 from sealfuse.verifier.inputs import loads_strict
-from sealfuse.verifier.licences import DEFAULT_POLICY, LicenceClass, LicencePolicy, known
+from sealfuse.verifier.licences import (
+    DEFAULT_POLICY,
+    LicenceClass,
+    LicencePolicy,
+    grant_problem,
+    known,
+    policy_class,
+)
 
 MANIFEST_TYPE = "sealfuse-manifest"
 SPEC_VERSION = 1
@@ -106,7 +113,10 @@ class Member:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A model catalog entry; `file` is the archive path of a member of kind model."""
+    """A model catalog entry; `file` is the archive path of a member of kind model.
+
+    `licence` and `licence_class` are the model's own; `licence_grant` is the studio's reference
+    for a commercial licence it holds for this file (None: no grant)."""
 
     name: str
     file: str
@@ -114,6 +124,20 @@ class ModelEntry:
     size: int
     licence: str
     licence_class: str = LicenceClass.UNKNOWN.value
+    licence_grant: str | None = None
+
+    @property
+    def policy_class(self) -> str:
+        """The class the licence policy counts (`commercial` under a grant)."""
+        return policy_class(self.licence_class, self.licence_grant).value
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "file": self.file, "sha256": self.sha256,
+                                "size": self.size, "licence": self.licence,
+                                "licence_class": self.licence_class}
+        if self.licence_grant is not None:  # absent without a grant: older manifests unchanged
+            data["licence_grant"] = self.licence_grant
+        return data
 
 
 @dataclass(frozen=True)
@@ -173,9 +197,7 @@ class Manifest:
                          "tag": self.platform.tag},
             "members": [{"path": m.path, "size": m.size, "sha256": m.sha256, "kind": m.kind}
                         for m in sorted(self.members, key=lambda m: m.path)],
-            "models": [{"name": e.name, "file": e.file, "sha256": e.sha256, "size": e.size,
-                        "licence": e.licence, "licence_class": e.licence_class}
-                       for e in self.models],
+            "models": [e.to_json() for e in self.models],
             "licence_policy": self.licence_policy,
             "lock": [{"name": e.name, "version": e.version, "file": e.file, "sha256": e.sha256}
                      for e in self.lock],
@@ -299,14 +321,19 @@ def _parse_manifest(data: Any) -> Manifest:
         if cls not in {c.value for c in LicenceClass}:
             raise ManifestError(f"models[{i}].licence_class {cls!r} is not one of "
                                 f"{sorted(c.value for c in LicenceClass)}", path=file)
+        grant = e.get("licence_grant")
+        if grant is not None and (problem := grant_problem(grant)):
+            raise ManifestError(f"models[{i}].licence_grant: {problem}", path=file,
+                                field="licence_grant")
         entry = ModelEntry(name=_need(e, "name", str), file=file,
                            sha256=_sha(e.get("sha256"), f"models[{i}]"),
                            size=_need(e, "size", int), licence=_need(e, "licence", str),
-                           licence_class=cls)
-        if not LicencePolicy(policy).allows(cls):
+                           licence_class=cls, licence_grant=grant)
+        if not LicencePolicy(policy).allows(entry.policy_class):
             raise LicencePolicyViolationError(
                 f"manifest declares licence_policy {policy} but lists {entry.file} "
-                f"({entry.licence}: {cls})", policy=policy, path=entry.file, licence_class=cls)
+                f"({entry.licence}: {cls}) without a licence grant", policy=policy,
+                path=entry.file, licence_class=cls)
         m = by_path.get(entry.file)
         if m is None or m.kind != "model" or m.sha256 != entry.sha256 or m.size != entry.size:
             raise ManifestError(f"models[{i}] ({entry.name}) does not match a model member",

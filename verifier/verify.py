@@ -149,7 +149,8 @@ class VerifiedBundle:
                         for m in self.members],
             "licence_policy": self.manifest.licence_policy,
             "models": [{"name": m.name, "file": m.file, "licence": m.licence,
-                        "licence_class": m.licence_class} for m in self.models],
+                        "licence_class": m.licence_class, "licence_grant": m.licence_grant,
+                        "policy_class": m.policy_class} for m in self.models],
         }
 
 
