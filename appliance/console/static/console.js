@@ -6,7 +6,9 @@ const FINAL = ["done", "failed", "removed"];
 function detail(j) {
   switch (j.state) {
     case "submitted": return "Waiting for the watch service to pick it up";
-    case "queued": return j.queue_position ? `Number ${j.queue_position} in the queue` : "In the queue";
+    case "queued":
+      if (j.queue_position === 0) return "Next in line";
+      return j.queue_position ? `${j.queue_position} job${j.queue_position > 1 ? "s" : ""} ahead in the queue` : "In the queue";
     case "running": return j.progress && j.progress.total ? `Frame ${j.progress.done} of ${j.progress.total}` : "Swapping faces…";
     case "done": return j.media_deleted ? "Finished · media deleted" : "Finished · result ready";
     case "failed": return j.reason_text || "Failed";
