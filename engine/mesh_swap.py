@@ -276,9 +276,9 @@ def mesh_swap(frame: np.ndarray, target_mesh: np.ndarray, source: MeshSource,
     match = _lab_match if blend == "poisson" else _ycc_match
     warped = match(warped, target, core if core.sum() >= 16 else mask)
 
-    feather = max(1.0, face_px * 0.06)
+    feather = max(1.0, face_px * 0.04)
     soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), feather)
-    soft = np.minimum(soft * 2.0, 1.0) * mask  # stays inside the eroded hull, fades at its edge
+    soft = np.clip((soft - 0.5) * 2.0, 0.0, 1.0)  # 0 at the hull's edge, 1 a feather width inside
     if blend == "feather":
         warped = _shade_match(warped, target, mask, max(2.0, face_px * 0.08))
     else:
