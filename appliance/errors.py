@@ -139,6 +139,14 @@ class ClockBehindError(InstallError):
     reason = "clock_behind"
 
 
+class PayloadIncompleteError(InstallError):
+    """The signed bundle lacks a payload file the installer needs (unit, sysusers.d, tmpfiles.d,
+    or half of a pair); nothing switched or written to /etc."""
+
+    exit_code = 94
+    reason = "payload_incomplete"
+
+
 # -- exit-code tables ---------------------------------------------------------------------------
 def _line(cls: type[ApplianceError]) -> str:
     return f"{cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]}"
@@ -164,11 +172,11 @@ INSTALL_EXIT_CODES = exit_table(
     StateError, LockBusyError, RolledBackError, ServiceDownError, NotInstalledError,
     TrustRequiredError, ReleaseRunningError, PlatformMismatchError, InsufficientSpaceError,
     VenvError, SystemdError, AuditError, UnsafePathError, ClockBehindError,
-    extra={**_USAGE, **_VERIFIER})
+    PayloadIncompleteError, extra={**_USAGE, **_VERIFIER})
 ROLLBACK_EXIT_CODES = exit_table(
     "rolled back and running (READY), or switched without starting (--root)",
     StateError, LockBusyError, RolledBackError, ServiceDownError, NothingToRollBackError,
-    NotInstalledError, SystemdError, AuditError, UnsafePathError,
+    NotInstalledError, SystemdError, AuditError, UnsafePathError, PayloadIncompleteError,
     extra={EXIT_USAGE: "usage error"})
 UNINSTALL_EXIT_CODES = exit_table(
     "removed", StateError, LockBusyError, NotInstalledError, SystemdError, AuditError,

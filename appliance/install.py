@@ -18,6 +18,7 @@ from sealfuse.appliance.errors import (
     InstallError,
     NothingToRollBackError,
     NotInstalledError,
+    PayloadIncompleteError,
     ReleaseRunningError,
     RolledBackError,
     ServiceDownError,
@@ -37,7 +38,14 @@ from sealfuse.appliance.release import (
     write_atomic,
 )
 from sealfuse.appliance.staging import check_platform, check_space, stage_release
-from sealfuse.appliance.units import activate, check_service_paths, service_files, stop_console
+from sealfuse.appliance.units import (
+    activate,
+    check_payload,
+    check_service_paths,
+    on_disk,
+    service_files,
+    stop_console,
+)
 from sealfuse.verifier import (
     Trust,
     VerificationError,
@@ -174,7 +182,9 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
     try:
         vb = verify_bundle(bundle, trust, floor_version=floor,
                            allow_downgrade=opts.allow_downgrade, now=opts.now)
-    except VerificationError as exc:
+        members = {m.relpath for m in vb.members}
+        check_payload(vb.version, members.__contains__)  # nothing is written before this
+    except (VerificationError, PayloadIncompleteError) as exc:
         audit_event(layout, "install_refused", bundle=bundle.name, error=type(exc).__name__,
                     exit_code=exc.exit_code, message=exc.message, installed=floor)
         raise
@@ -281,6 +291,7 @@ def rollback(layout: Layout | None = None, systemd: Systemd | None = None, *,
             raise NothingToRollBackError(
                 f"no earlier release to roll back to (current {current}; kept: {kept})",
                 current=current, requested=to, kept=kept)
+        check_payload(target, on_disk(layout.release(target) / "payload"))  # before any change
         check_service_paths(layout, target)
         try:
             activate(layout, target, systemd, opts.gpu)

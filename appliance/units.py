@@ -8,14 +8,48 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from sealfuse.appliance import fsutil
-from sealfuse.appliance.errors import StateError, SystemdError, UnsafePathError
+from sealfuse.appliance.errors import PayloadIncompleteError, SystemdError, UnsafePathError
 from sealfuse.appliance.release import UNIT, Layout, Systemd, switch_symlink, write_atomic
 
 CONSOLE_UNIT = "sealfuse-console.service"
 CONSOLE_CONFIG = "etc/sealfuse/console.toml"
+# Payload files (below payload/) every release must carry: install_units copies them into /etc.
+REQUIRED_PAYLOAD = (f"systemd/{UNIT}", "systemd/sysusers.d/sealfuse.conf",
+                    "systemd/tmpfiles.d/sealfuse.conf")
+# Optional files that come in pairs: one without the other is an incomplete payload.
+PAIRED_PAYLOAD = (("hardening/apparmor/sealfuse-engine", "hardening/apparmor.conf"),
+                  ("provenance/signing.key", "provenance/chain.pem"))
+
+
+def missing_payload(has: Callable[[str], bool]) -> list[str]:
+    """The payload files (paths below payload/) the installer needs that `has` says are absent."""
+    missing = [rel for rel in REQUIRED_PAYLOAD if not has(rel)]
+    for pair in PAIRED_PAYLOAD:
+        present = [has(rel) for rel in pair]
+        if any(present) and not all(present):
+            missing += [rel for rel, there in zip(pair, present, strict=True) if not there]
+    return missing
+
+
+def check_payload(version: str, has: Callable[[str], bool]) -> None:
+    """PayloadIncompleteError naming every payload file the installer needs and lacks: from a
+    verified manifest's members before anything is written, from a release's files before its
+    units are copied into /etc."""
+    missing = missing_payload(has)
+    if missing:
+        raise PayloadIncompleteError(
+            f"release {version} lacks payload file(s) the installer needs: {', '.join(missing)} "
+            f"(build the bundle with the repository's systemd/ and hardening/ directories)",
+            version=version, missing=missing)
+
+
+def on_disk(payload: Path) -> Callable[[str], bool]:
+    """`has` for check_payload: the regular files below a release's payload/ directory."""
+    return lambda rel: (payload / rel).is_file()
 
 
 def console_enabled(layout: Layout) -> bool:
@@ -83,11 +117,9 @@ def install_units(layout: Layout, version: str, gpu: bool | None) -> list[str]:
         write_atomic(dest, src.read_bytes(), 0o644)
         written.append(str(dest.relative_to(layout.root)))
 
+    check_payload(version, on_disk(payload))  # before anything is written to /etc
     units = payload / "systemd"
-    unit_src = units / UNIT
-    if not unit_src.is_file():
-        raise StateError(f"release {version} carries no systemd/{UNIT}", version=version)
-    put(unit_src, layout.unit_file)
+    put(units / UNIT, layout.unit_file)
     if (units / CONSOLE_UNIT).is_file():  # started only when the console config enables it
         put(units / CONSOLE_UNIT, layout.unit_dir / CONSOLE_UNIT)
     put(units / "sysusers.d" / "sealfuse.conf", layout.sysusers_file)
