@@ -25,6 +25,7 @@ _SURFACE = {
     "read_lock": "registry",
     "write_lock": "registry",
     "read_image": "imageio",
+    "swapper_names": "swappers",
     "probe_video": "video_probe",
 }
 

@@ -58,7 +58,8 @@ def violations(layer: str, source: str, package: str, where: str) -> list[str]:
             found.append(f"{at} {names} (only __version__ from the namespace)")
         elif owner in SURFACES and owner != f"sealfuse.{layer}":
             if module != owner:
-                found.append(f"{at} (use the public surface: from {owner} import ...)")
+                found.append(f"{at} (use the public surface: from {owner} import ...; "
+                             "a name it lacks goes into its _SURFACE)")
             elif set(names) - SURFACES[owner]:
                 found.append(f"{at} {sorted(set(names) - SURFACES[owner])} (not in {owner}.__all__)")
     return found

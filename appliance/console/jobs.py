@@ -85,8 +85,7 @@ def reason_text(reason: str | None) -> str | None:
 def models_available(models_dir: Path) -> dict[str, list[str]]:
     """Which swapper and enhancer models a job may name: those pinned in models.lock.json (the
     console reads the lock, never a model file), plus swappers that need only starter models."""
-    from sealfuse.engine.registry import CATALOG, read_lock
-    from sealfuse.engine.swappers import swapper_names
+    from sealfuse.engine import CATALOG, read_lock, swapper_names
 
     try:
         lock = read_lock(models_dir) if models_dir.is_dir() else {}
