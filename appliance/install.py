@@ -241,7 +241,11 @@ def install(bundle: Path, opts: InstallOptions, layout: Layout | None = None,
         record.save(layout)
         audit_event(layout, "install", version=vb.version, previous=previous,
                     downgrade=vb.downgrade, bundle=bundle.name,
-                    manifest_sha256=vb.manifest_sha256, signers=list(vb.signers), trust=trust_how)
+                    manifest_sha256=vb.manifest_sha256, signers=list(vb.signers), trust=trust_how,
+                    licence_policy=vb.manifest.licence_policy,
+                    # the studio's attestations of commercial licences (bundle build --licence-grant)
+                    licence_grants={Path(m.file).name: m.licence_grant for m in vb.models
+                                    if m.licence_grant is not None})
         if trust_how != "pinned":
             audit_event(layout, f"trust_{trust_how.replace('-', '_')}",
                         trust_version=trust.version, keys=sorted(trust.keys),

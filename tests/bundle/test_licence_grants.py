@@ -315,6 +315,12 @@ def test_install_root_writes_the_granted_class_and_status_shows_the_grant(
         "ghost_1_256.onnx": ("commercial", None),
         "crossface_ghost.onnx": ("commercial", CONVERTER_GRANT),
         "w600k_r50.onnx": ("commercial", GRANT)}
+    audit = [json.loads(line) for line in
+             (root / "var/lib/sealfuse/audit/audit.jsonl").read_text().splitlines()]
+    installed_event = next(e for e in audit if e["event"] == "install")
+    assert installed_event["licence_grants"] == {"w600k_r50.onnx": GRANT,
+                                                 "crossface_ghost.onnx": CONVERTER_GRANT}
+    assert installed_event["licence_policy"] == "commercial"
     doc = json.loads(runner.invoke(main, ["status", "--root", str(root), "--json"]).output)
     assert {m["name"]: m["licence_grant"] for m in doc["models"]}["arcface_w600k_r50"] == GRANT
     text = runner.invoke(main, ["status", "--root", str(root)]).output
