@@ -140,8 +140,10 @@ class ClockBehindError(InstallError):
 
 
 class PayloadIncompleteError(InstallError):
-    """The signed bundle lacks a payload file the installer needs (unit, sysusers.d, tmpfiles.d,
-    or half of a pair); nothing switched or written to /etc."""
+    """The bundle or kept release lacks a unit, sysusers.d or tmpfiles.d file; nothing changed.
+
+    Also half of the AppArmor or provenance pair. Every missing file is named (evidence
+    `missing`); nothing is switched or written to /etc."""
 
     exit_code = 94
     reason = "payload_incomplete"
