@@ -106,10 +106,6 @@ class Admission:
         if stat.S_ISLNK(mode):
             raise errors.SymlinkError(f"{ascii(path.name)} is a symbolic link; drop regular files only",
                                       name=path.name, points_to=self._readlink(path))
-        if st.st_dev != self.spool_dev:
-            raise errors.ForeignFilesystemError(
-                f"{ascii(path.name)} is on another filesystem (a mount point); it is not moved or read",
-                name=path.name)
         if stat.S_ISFIFO(mode):
             raise errors.FifoError(f"{path.name} is a FIFO; drop regular files only", name=path.name)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
@@ -117,6 +113,12 @@ class Admission:
                                          name=path.name, major=os.major(st.st_rdev), minor=os.minor(st.st_rdev))
         if stat.S_ISSOCK(mode):
             raise errors.SocketFileError(f"{path.name} is a socket; drop regular files only", name=path.name)
+        # Only a directory's st_dev is compared: overlayfs reports its layers' devices for files.
+        # (A file bind-mounted over an entry cannot be renamed: that move fails and is refused.)
+        if stat.S_ISDIR(mode) and st.st_dev != self.spool_dev:
+            raise errors.ForeignFilesystemError(
+                f"{ascii(path.name)} is a mount point of another filesystem; it is not moved or read",
+                name=path.name)
         if stat.S_ISDIR(mode):
             raise errors.DirectoryError(f"{path.name} is a directory; drop files only (not walked)",
                                         name=path.name)

@@ -88,9 +88,14 @@ class Appliance:
         self.ct.run(["runuser", "-u", "producer", "--", "bash", "-c", script])
 
     def wait_result(self, name: str, where: str = "outbox", timeout: float = 120) -> str:
-        return self.ct.wait_for(
-            f"grep -rl '{name}' {SPOOL}/{where} --include='*.json' | head -1 | grep .",
-            timeout=timeout)
+        try:
+            return self.ct.wait_for(
+                f"grep -rl '{name}' {SPOOL}/{where} --include='*.json' | head -1 | grep .",
+                timeout=timeout)
+        except Exception as exc:  # say why: the service's journal and what the spool holds
+            state = self.ct.run(f"find {SPOOL} | head -50; cat {SPOOL}/failed/*/error.json 2>/dev/null "
+                                "| head -c 3000", check=False).stdout
+            raise AssertionError(f"{exc}\n--- spool:\n{state}\n--- journal:\n{self.ct.journal(UNIT, 80)}") from None
 
 
 def _python_in_container() -> str:

@@ -182,3 +182,21 @@ def test_watch_help_lists_every_exit_code_from_the_table() -> None:
     assert set(errors.EXIT_CODES) == {0, 2, 3, 4, 5}
     for code, text in errors.EXIT_CODES.items():
         assert f"{code}  {text}" in lines
+
+
+def test_a_mount_point_in_a_preset_folder_is_refused_as_foreign(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    root = _spool(tmp_path / "spool")
+    mount = root / "inbox" / "tom" / "mnt"
+    mount.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        (mount / "inside.png").write_bytes(b"not ours")
+        with pytest.raises(errors.ForeignFilesystemError):
+            _admission(root).preset_drop(mount)
+        (root / "inbox" / "tom" / "plain.png").write_bytes(b"ours")  # a file beside it is judged normally
+        assert _admission(root).preset_drop(root / "inbox" / "tom" / "plain.png").kind == "preset"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
