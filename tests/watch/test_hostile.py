@@ -233,3 +233,47 @@ def test_a_job_whose_recovery_fails_is_quarantined_once_and_never_stops_a_start(
     assert not broken.exists() and err is not None
     assert env.run_once().returncode == 0  # the next start has nothing left to trip over
     assert [e["outcome"] for e in env.events("recovered")] == ["failed"]
+
+
+def test_a_read_only_outbox_fails_the_job_with_erofs_and_the_daemon_serves_on(watch_env: WatchEnv) -> None:
+    env = watch_env
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    outbox = env.spool / "outbox"
+    outbox.mkdir(parents=True)
+    if subprocess.run(["mount", "--bind", str(outbox), str(outbox)]).returncode != 0:
+        pytest.skip("bind mounts are not permitted here")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(outbox)], check=True)
+        png_variant(env.hanks, env.inbox / "tom" / "ro.png", 48)
+        assert env.run_once().returncode == 0
+        err = env.failed()["inbox/tom/ro.png"]
+        assert err["reason"] == "commit_failed" and err["evidence"]["errno"] == "EROFS", err
+        assert (env.spool / "failed" / err["job_id"] / "input" / "ro.png").is_file()
+        assert not list((env.spool / "work").iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(outbox)], check=False)
+    assert not list(outbox.iterdir()), "nothing half-written in the outbox"
+
+
+def test_failed_on_another_filesystem_quarantines_without_crossing_it(watch_env: WatchEnv) -> None:
+    env = watch_env
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    failed = env.spool / "failed"
+    failed.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(failed)]).returncode != 0:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        from PIL import Image
+
+        Image.new("RGB", (96, 96), (128, 128, 128)).save(env.inbox / "tom" / ".noface.png", format="PNG")
+        os.rename(env.inbox / "tom" / ".noface.png", env.inbox / "tom" / "noface.png")
+        png_variant(env.hanks, env.inbox / "tom" / "fine.png", 49)
+        assert env.run_once().returncode == 0
+        err = env.failed()["inbox/tom/noface.png"]
+        assert err["reason"] == "no_face_in_target"  # error.json is there; the input could not follow
+        assert set(env.done()) == {"inbox/tom/fine.png"}
+        assert not list((env.spool / "work").iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(failed)], check=False)
