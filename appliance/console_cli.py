@@ -37,7 +37,7 @@ def _cfg(config: Path, state_dir: Path | None) -> Any:
 @click.option("--spool", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The watch folder (overrides console.spool). Default: /var/lib/sealfuse/spool.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Users, sessions' records, job records and the console's audit log. "
+              help="Accounts, job records and the console's audit log. "
                    "Default: /var/lib/sealfuse/console.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where models.lock.json says which models jobs may name. Default: /opt/sealfuse/current/models.")

@@ -155,3 +155,4 @@ class MediaNotRemovableError(ConsoleError):
 class SpoolError(ConsoleError):
     reason = "spool_unusable"
     status = 503
+    exit_code = 3
