@@ -196,6 +196,14 @@ class SlurmDispatcher(Dispatcher):
 
     # ------------------------------------------------------------------ Dispatcher
     def start(self) -> None:
+        """Check that the Slurm client commands exist (else the daemon cannot start: exit 3), then
+        ask the controller; an unreachable controller is waited for (READY follows its answer)."""
+        missing = [c for c in COMMANDS if not os.access(self._exe(c), os.X_OK)]
+        if missing:
+            where = self.s.bin_dir or "$PATH"
+            raise errors.StartupError(
+                f"the Slurm backend needs {', '.join(missing)} in {where} (install Slurm's client "
+                "commands, or set [dispatch.slurm] bin_dir)", missing=missing, bin_dir=self.s.bin_dir)
         self._check_ready()
 
     def _check_ready(self) -> None:

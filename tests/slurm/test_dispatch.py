@@ -353,6 +353,15 @@ def test_a_node_that_cannot_run_run_job_fails_the_job_with_slurms_log(sw: SlurmW
     assert len(sw.slurm_ids(sw.job_ids()["inbox/tom/n.png"])) == 1  # a failure of its own: not retried
 
 
+def test_without_slurm_client_commands_the_daemon_does_not_start(sw: SlurmWatch) -> None:
+    sw.configure(bin_dir="/nonexistent/slurm/bin")
+    r = subprocess.run(sw.env.argv(once=True), env=sw.env.env(), cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "sbatch, squeue, scontrol, scancel" in r.stdout + r.stderr
+    assert "/nonexistent/slurm/bin" in r.stdout + r.stderr
+
+
 def test_an_unknown_slurm_option_is_a_config_error_naming_the_key(sw: SlurmWatch) -> None:
     sw.configure(partiton="gpu")
     r = subprocess.run(sw.env.argv(once=True), env=sw.env.env(), cwd=REPO, capture_output=True,
