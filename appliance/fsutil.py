@@ -18,6 +18,7 @@ CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 
 
 def fsync_dir(path: Path) -> None:
+    """fsync a directory (makes a rename or a new entry in it durable)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -35,6 +36,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any, mode: int = 0o640) -> None:
+    """write_atomic of indented, key-sorted JSON."""
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode(), mode)
 
 
@@ -85,6 +87,7 @@ def safe_name(name: str) -> str:
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
+    """(sha256 hex, size) of a file, opened without following a final symlink."""
     import hashlib
 
     h = hashlib.sha256()

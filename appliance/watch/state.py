@@ -17,6 +17,8 @@ BLOCKING_STATES = ("queued", "running", "done")
 
 
 class StateDB:
+    """The jobs table: job id -> content key, state, attempts and reason."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +31,7 @@ class StateDB:
         path.chmod(0o600)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job's row, or None."""
         row = self.db.execute("SELECT job_id, key, state, attempts, reason FROM jobs WHERE job_id=?",
                               (job_id,)).fetchone()
         return dict(zip(("job_id", "key", "state", "attempts", "reason"), row, strict=True)) if row else None
@@ -42,6 +45,7 @@ class StateDB:
         return {"job_id": row[0], "state": row[1]} if row else None
 
     def upsert(self, job_id: str, *, key: str | None = None, state: str, reason: str | None = None) -> None:
+        """Insert the job or update its state, reason and (when given) key."""
         now = time.time()
         self.db.execute(
             "INSERT INTO jobs(job_id, key, state, reason, created, updated) VALUES (?,?,?,?,?,?)"
@@ -50,6 +54,7 @@ class StateDB:
             (job_id, key, state, reason, now, now))
 
     def start_attempt(self, job_id: str) -> int:
+        """Count one more run of the job (state running); returns the attempts so far."""
         self.db.execute("UPDATE jobs SET attempts=attempts+1, state='running', updated=? WHERE job_id=?",
                         (time.time(), job_id))
         row = self.db.execute("SELECT attempts FROM jobs WHERE job_id=?", (job_id,)).fetchone()
@@ -60,7 +65,9 @@ class StateDB:
         self.db.execute("DELETE FROM jobs WHERE job_id=?", (job_id,))
 
     def counts(self) -> dict[str, int]:
+        """Jobs per state."""
         return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
 
     def close(self) -> None:
+        """Close the database."""
         self.db.close()
