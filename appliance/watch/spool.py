@@ -167,6 +167,7 @@ def commit_done(spool: Path, job_id: str, produced: Path, result: dict[str, Any]
                                         error=str(exc)) from None
     try:
         staging.mkdir(mode=0o750)
+        os.chmod(staging, 0o750)  # the unit's UMask=0077 would leave 0700: producers read results
         copy_durable(produced, staging / name, mode=0o640)
         digest, size = sha256_file(staging / name)
         result = {**result, "output": {"name": str(name), "sha256": digest, "size": size}}
@@ -199,6 +200,7 @@ def finish_done(spool: Path, job_id: str, *, retain_inputs: bool) -> None:
         dst = spool / "outbox" / job_id / "input"
         with contextlib.suppress(OSError):
             dst.mkdir(exist_ok=True, mode=0o750)
+            os.chmod(dst, 0o750)
             for child in (wdir / "in").iterdir():
                 os.rename(child, dst / child.name)
             fsync_dir(dst)
@@ -238,6 +240,7 @@ def commit_failed(spool: Path, job: Job, err: errors.JobError, *, keep_media: bo
     staging = spool / "failed" / f".{job.job_id}.{tag}.tmp"
     try:
         staging.mkdir(mode=0o750)
+        os.chmod(staging, 0o750)  # the unit's UMask=0077 would leave 0700: producers read it
         write_json_atomic(staging / "error.json", doc, mode=0o640)  # first: recovery reads it
     except OSError as exc:
         rmtree_quiet(staging)
@@ -263,6 +266,7 @@ def quarantine_drop(spool: Path, paths: list[Path], err: errors.JobError, *, see
     staging = spool / "failed" / f".{job_id}.tmp"
     try:
         staging.mkdir(mode=0o750, exist_ok=True)
+        os.chmod(staging, 0o750)
         write_json_atomic(staging / "error.json", doc, mode=0o640)
         finish_quarantine(spool, staging)
     except OSError as exc:
@@ -289,6 +293,7 @@ def finish_quarantine(spool: Path, staging: Path) -> dict[str, Any] | None:
             rmtree_quiet(spool / item["from"])  # only claimed files (work/<id>/in/...) are discarded
             continue
         (staging / "input").mkdir(mode=0o750, exist_ok=True)
+        os.chmod(staging / "input", 0o750)
         try:
             rename_under(spool, item["from"], _rel(spool, staging / "input" / item["name"]))
         except (FileNotFoundError, NotADirectoryError):

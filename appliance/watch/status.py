@@ -33,6 +33,7 @@ class StatusBoard:
     def setup(self) -> None:
         """Create status/ (0750) if missing."""
         self.directory.mkdir(mode=0o750, exist_ok=True)
+        os.chmod(self.directory, 0o750)  # the unit's UMask=0077 would leave 0700: producers read it
 
     def update(self, job_id: str, state: str, *, client_ref: str | None = None,
                queue_position: int | None = None, progress: dict[str, Any] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def console_env(tmp_path: Path, watch_env: WatchEnv) -> Iterator[ConsoleEnv]:
     env.add_user("rita", "reviewer")
     env.add_user("audrey", "auditor")
     env.add_user("adam", "admin")
-    env.start()
+    old = os.umask(0o077)  # as under the units' UMask=0077: sharing must not rely on the umask
+    try:
+        env.start()
+    finally:
+        os.umask(old)
     yield env
     env.stop()

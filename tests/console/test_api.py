@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +45,11 @@ def read_events(env: ConsoleEnv, path: str, token: str, timeout: float = 120) ->
 def test_submit_follow_download_delete_with_a_real_daemon(watch_env: WatchEnv, console_env: ConsoleEnv,
                                                           tmp_path: Path, hanks_png: Path, t1_jpg: Path) -> None:
     env = console_env
-    watch_env.start()
+    old = os.umask(0o077)  # the daemon as under its unit's UMask=0077
+    try:
+        watch_env.start()
+    finally:
+        os.umask(old)
     token = env.login("alice")
     target = png_variant(t1_jpg, tmp_path / "scene.png", 1).read_bytes()
     r = env.submit(token, [("source", ("hanks.png", hanks_png.read_bytes(), "image/png")),
@@ -75,6 +81,10 @@ def test_submit_follow_download_delete_with_a_real_daemon(watch_env: WatchEnv, c
     out = env.spool / "outbox" / final["job_id"] / final["output"]
     assert hashlib.sha256(dl.body).hexdigest() == final["output_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert dl.body != target  # a swap happened: the output differs from the target
+    # what the console (another user in the producers' group) reads is group-readable
+    for path, mode in ((env.spool / "status", 0o750), (env.spool / "status" / f"{final['job_id']}.json", 0o640),
+                       (out.parent, 0o750), (out, 0o640), (out.parent / "result.json", 0o640)):
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode, path
 
     # Another submitter cannot see, download or delete it; a reviewer can see and download it.
     other = env.login("bob")
