@@ -98,13 +98,14 @@ class ProvenanceConfig:
     @classmethod
     def from_environment(cls, *, require: bool = False) -> ProvenanceConfig:
         """$SEALFUSE_PROVENANCE_KEY/_CHAIN, else {signing.key,chain.pem} in /opt/sealfuse/current/provenance
-        or /etc/sealfuse/provenance, whichever has a key first; else no key (unsigned)."""
+        or /etc/sealfuse/provenance, whichever has a key this process can read first; else no key (unsigned)."""
         key = os.environ.get("SEALFUSE_PROVENANCE_KEY")
         chain = os.environ.get("SEALFUSE_PROVENANCE_CHAIN")
         if key or chain:
             return cls(Path(key) if key else None, Path(chain) if chain else None, require)
         for d in DEFAULT_DIRS:
-            if (d / KEY_FILE).exists():
+            # a key this process may not read (0400 for the service user) is not ours to use: unsigned
+            if (d / KEY_FILE).exists() and os.access(d / KEY_FILE, os.R_OK):
                 return cls(d / KEY_FILE, d / CHAIN_FILE, require)
         return cls(None, None, require)
 

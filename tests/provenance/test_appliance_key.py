@@ -64,6 +64,10 @@ def test_the_engine_finds_the_installed_key_by_default(pki, tmp_path, monkeypatc
     assert prov.Provenance(cfg).status()["signing"]
     monkeypatch.setattr(prov, "DEFAULT_DIRS", (tmp_path / "none",))
     assert prov.ProvenanceConfig.from_environment().key is None
+    # another user's key (the service user's, 0400) is skipped: unsigned with a warning, not an error
+    monkeypatch.setattr(prov, "DEFAULT_DIRS", (current,))
+    monkeypatch.setattr(prov.os, "access", lambda path, mode: False)
+    assert prov.ProvenanceConfig.from_environment().key is None
 
 
 def test_doctor_warns_before_the_certificate_expires(pki, tmp_path):
