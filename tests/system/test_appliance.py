@@ -52,6 +52,8 @@ job_timeout_seconds = 120
 [engine]
 execution_providers = ["cpu"]
 execution_threads = 1
+[provenance]
+require = true
 """
 # Paths the OS itself changes while the container runs (journal, systemd's own state, shadow
 # backups); anything else that is new after `uninstall --purge` was left behind by sealfuse.
@@ -150,6 +152,9 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     add_starter(models)  # the starter detector and FaceMesh, as scripts/build-bundle.sh ships them
     starter_licences = {p.name: "Apache-2.0" for p in models.glob("*.tflite")}
 
+    from sealfuse.bundle.provenance import init as provenance_init
+
+    pki = provenance_init(share / "pki", organization="System Test Studio", appliance="system-test appliance")
     key = Ed25519PrivateKey.generate()
     make_trust("sealfuse", [TrustedKey.from_public(key.public_key(), "release-key")], 1) \
         .write(share / "trust.json")
@@ -160,7 +165,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
             version=version, out_dir=out, wheelhouse=wheels, models_dir=models,
             licences={"mtcnn_pnet.onnx": "MIT", **starter_licences}, units_dir=REPO / "systemd",
             hardening_dir=REPO / "hardening", source_date_epoch=1_750_000_000 + int(version),
-            expires_days=3650))
+            expires_days=3650, provenance_dir=pki.chain.parent))
         sign_bundle(result.path, key)
         bundles[version] = f"{SHARE}/{result.path.relative_to(share)}"
     (share / "watch.toml").write_text(WATCH_TOML)
@@ -208,6 +213,26 @@ def test_a_producer_drop_is_swapped_into_outbox(appliance: Appliance) -> None:
     assert appliance.ct.run(f"ls -A {SPOOL}/failed").stdout.strip() == ""
     st = json.loads(appliance.sf("status", "--json").stdout)
     assert st["release"] == "1" and st["last_job"]["event"] == "done"
+
+
+def test_the_service_signs_its_outputs_with_a_key_only_it_can_read(appliance: Appliance) -> None:
+    ct = appliance.ct
+    key = "/opt/sealfuse/releases/1/provenance/signing.key"
+    assert ct.run(f"stat -c '%a %U' {key}").stdout.split() == ["400", "sealfuse"]
+    assert ct.run(["runuser", "-u", "producer", "--", "cat", key], check=False).returncode != 0
+    (out,) = [p for p in ct.run(f"find {SPOOL}/outbox -name target1.png").stdout.split() if p]
+    res = appliance.sf("provenance", "verify", out, "--trust-anchors", f"{SHARE}/pki/ca.pem", "--json",
+                       check=False)
+    doc = json.loads(res.stdout)
+    assert res.returncode == 0 and doc["state"] == "trusted", doc
+    result = json.loads(ct.run(f"cat {Path(out).parent}/result.json").stdout)
+    assert doc["job_id"] == result["job_id"] and doc["manifest_id"] == result["report"]["provenance"]["manifest_id"]
+    done = [json.loads(line) for line in ct.run("cat /var/lib/sealfuse/audit/audit.jsonl").stdout.splitlines()
+            if '"done"' in line]
+    entry = next(e for e in done if e.get("job") == result["job_id"])
+    assert entry["manifest"] == doc["manifest_id"] and entry["output_sha256"] == result["output"]["sha256"]
+    checks = {c["name"]: c for c in json.loads(appliance.sf("doctor", "--json", check=False).stdout)["checks"]}
+    assert checks["provenance"]["ok"] and "system-test appliance" in checks["provenance"]["detail"]
 
 
 def test_a_symlinked_preset_folder_changes_nothing_outside_the_spool(appliance: Appliance) -> None:
