@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -112,27 +113,28 @@ class InboxWatcher:
             return False
 
     def make_preset_dir(self, name: str) -> None:
-        """Create inbox/<name> (missing) with the inbox's mode and group, set through its own fd."""
-        inbox_st = os.stat(self.inbox)
+        """Create inbox/<name> (missing) with the inbox's permission bits. The mode is given to
+        mkdir itself (never chmod: the unit's RestrictSUIDSGID= refuses a chmod that carries the
+        setgid bit); the setgid bit and the group come from the inbox, as for any new entry."""
+        mode = stat.S_IMODE(os.stat(self.inbox).st_mode) & 0o1777
         fd = os.open(self.inbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        previous = os.umask(0)
         try:
-            os.mkdir(name, mode=0o700, dir_fd=fd)
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.mkdir(name, mode=mode, dir_fd=fd)
         except FileExistsError:
-            return
+            pass
         finally:
+            os.umask(previous)
             os.close(fd)
-        try:
-            os.fchmod(sub, stat.S_IMODE(inbox_st.st_mode))
-            with contextlib.suppress(PermissionError):
-                os.fchown(sub, -1, inbox_st.st_gid)
-        finally:
-            os.close(sub)
 
     def restore_preset(self, name: str) -> None:
         """Make inbox/<name> again (and watch it) when it is missing (quarantined or removed)."""
         if not os.path.lexists(self.inbox / name):
-            self.make_preset_dir(name)
+            try:
+                self.make_preset_dir(name)
+            except OSError as exc:  # never fatal: drops for this preset wait until it exists
+                print(f"sealfuse watch: cannot make inbox/{name}: {exc}", file=sys.stderr, flush=True)
+                return
             self._watch(self.inbox / name)
 
     def refuse(self, path: Path) -> None:

@@ -259,7 +259,8 @@ def test_a_symlinked_preset_folder_changes_nothing_outside_the_spool(appliance: 
         ct.wait_for(f"test -d {inbox}/tom -a ! -L {inbox}/tom", timeout=30)  # a real folder again
         reasons = ct.run(f"cat {SPOOL}/failed/*/error.json").stdout
         assert '"symlinked_folder"' in reasons and '"symlink"' in reasons
-        assert ct.run(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+        active = ct.run(f"systemctl is-active {UNIT}", check=False).stdout.strip()
+        assert active == "active", ct.journal(UNIT, 60)
         after = ct.run(snapshot).stdout
         assert after == before and "face.png" in after  # the victim is untouched
     finally:

@@ -200,3 +200,24 @@ def test_a_mount_point_in_a_preset_folder_is_refused_as_foreign(tmp_path: Path) 
         assert _admission(root).preset_drop(root / "inbox" / "tom" / "plain.png").kind == "preset"
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_preset_folder_made_again_takes_the_inbox_bits_without_chmod(tmp_path: Path, monkeypatch) -> None:
+    from sealfuse.appliance.watch.inbox import InboxWatcher
+
+    inbox = tmp_path / "spool" / "inbox"
+    inbox.mkdir(parents=True)
+    os.chmod(inbox, 0o3770)  # setgid + sticky, as tmpfiles.d makes it
+
+    def refuse(*_args: object, **_kwargs: object) -> None:  # as RestrictSUIDSGID= does for setgid modes
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chmod", refuse)
+    monkeypatch.setattr(os, "fchmod", refuse)
+    watcher = InboxWatcher(inbox, ["tom"], 0.1)
+    watcher.start()
+    try:
+        watcher.restore_preset("tom")
+    finally:
+        watcher.close()
+    assert stat.S_IMODE((inbox / "tom").lstat().st_mode) == 0o3770
