@@ -262,3 +262,12 @@ def test_options_in_the_manifest_are_the_shaping_ones_only(tmp_path):
 def test_signing_cost_is_reported(private_names, cpu, signing, tmp_path):
     report = swap_file(private_names.source, private_names.target, tmp_path / "o.jpg", cpu, provenance=signing)
     assert report["provenance"]["sign_ms"] > 0
+
+
+def test_mov_is_signed_too(pki, signing, cpu, hanks_png, tmp_path):
+    clip = make_clip(tmp_path / "clip.mov", frames=8)
+    out = tmp_path / "result.mov"
+    report = swap_file(hanks_png, clip, out, cpu, provenance=signing)
+    assert report["provenance"]["format"] == "video/quicktime"
+    assert read_credentials(out, pki.ca).state == TRUSTED
+    assert audio_digests(out) == audio_digests(clip)
