@@ -270,8 +270,14 @@ class Daemon:
             job = self.book.queue.pop(0)
             tdir = self.paths.jobs_tmp / job.job_id
             rmtree_quiet(tdir)
-            (tdir / "out").mkdir(parents=True, mode=0o700)
-            os.chmod(tdir, 0o700)
+            try:
+                (tdir / "out").mkdir(parents=True, mode=0o700)
+                os.chmod(tdir, 0o700)
+            except OSError as exc:  # the tmp dir (tmpfs) is full or gone: this job fails, not the daemon
+                rmtree_quiet(tdir)
+                self.book.fail(job, errors.ScratchUnavailableError(
+                    f"cannot make the job's temporary directory: {exc}", error=str(exc), errno=exc.errno))
+                continue
             opts = dict(job.options)
             if "reference" in job.inputs:
                 opts["reference_face_image"] = str(job.inputs["reference"])

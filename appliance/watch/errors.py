@@ -239,6 +239,12 @@ class CommitFailedError(JobError):
     reason = "commit_failed"
 
 
+class ScratchUnavailableError(JobError):
+    """The job's private temporary directory cannot be made (its tmpfs is full or gone)."""
+
+    reason = "scratch_unavailable"
+
+
 class RecoveryFailedError(JobError):
     """A job left by a previous run could not be recovered; it is quarantined instead."""
 

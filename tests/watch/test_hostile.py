@@ -277,3 +277,21 @@ def test_failed_on_another_filesystem_quarantines_without_crossing_it(watch_env:
         assert not list((env.spool / "work").iterdir())
     finally:
         subprocess.run(["umount", "-l", str(failed)], check=False)
+
+
+def test_a_full_tmp_dir_fails_the_job_as_scratch_unavailable_not_the_daemon(watch_env: WatchEnv) -> None:
+    env = watch_env
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    # Room for the daemon's own folder and a job's folder, not for the job's out/ inside it.
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=3", "tmpfs", str(env.tmp)]).returncode:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        png_variant(env.hanks, env.inbox / "tom" / "scratch.png", 50)
+        proc = env.run_once()
+        assert proc.returncode == 0, proc.stdout.decode()[-2000:]
+        err = env.failed()["inbox/tom/scratch.png"]
+        assert err["reason"] == "scratch_unavailable", err
+        assert (env.spool / "failed" / err["job_id"] / "input" / "scratch.png").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(env.tmp)], check=False)
