@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,7 +26,13 @@ from sealfuse.verifier.errors import (
     VerificationError,
     exit_code_help,
 )
-from sealfuse.verifier.inputs import MAX_KEY_BYTES, MAX_TRUST_BYTES, loads_strict, read_regular
+from sealfuse.verifier.inputs import (
+    MAX_KEY_BYTES,
+    MAX_TRUST_BYTES,
+    file_kind,
+    loads_strict,
+    read_regular,
+)
 from sealfuse.verifier.keys import (
     KeyFormatError,
     keyid_of,
@@ -59,8 +66,33 @@ def _fail(exc: VerificationError, as_json: bool) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def _write(path: Path, data: bytes | None = None, trust: Trust | None = None) -> None:
+def _check_output(path: Path, *inputs: Path, as_json: bool = False) -> None:
+    """Refuse (exit 3) an output that is a symlink or not a regular file, or that is one of the
+    command's inputs: an output replaces a regular file or nothing, never follows a link."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        _fail(OutputExistsError(f"cannot write {path}: {exc.strerror}", path=str(path)), as_json)
+    if not stat.S_ISREG(st.st_mode):
+        _fail(OutputExistsError(f"{path} is a {file_kind(st.st_mode)}; an output replaces only "
+                                "a regular file", path=str(path), kind=file_kind(st.st_mode)),
+              as_json)
+    for other in inputs:
+        try:
+            same = os.path.samefile(path, other)
+        except OSError:
+            same = False
+        if same:
+            _fail(OutputExistsError(f"{path} is the input {other}; refusing to overwrite it",
+                                    path=str(path)), as_json)
+
+
+def _write(path: Path, data: bytes | None = None, trust: Trust | None = None,
+           inputs: tuple[Path, ...] = ()) -> None:
     """Write an output atomically; an OS error is OutputExistsError (exit 3), not a traceback."""
+    _check_output(path, *inputs)
     try:
         if trust is not None:
             trust.write(path)
@@ -175,6 +207,9 @@ def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_jso
     passphrase: bytes | None = None
     if passphrase_file is not None:
         passphrase = read_small(passphrase_file, "passphrase file").rstrip(b"\r\n")
+        if not passphrase:
+            _fail(UnusableKeyError(f"passphrase file {passphrase_file} is empty; the key would "
+                                   "be written unencrypted", path=str(passphrase_file)), as_json)
     elif ask:
         passphrase = click.prompt("Passphrase", hide_input=True,
                                   confirmation_prompt=True).encode()
@@ -185,9 +220,13 @@ def keygen(out: Path, name: str, passphrase_file: Path | None, ask: bool, as_jso
         raise click.BadParameter("must be one word without commas", param_hint="--name")
     pub_path = out.with_name(out.name + ".pub")
     for p in (out, pub_path):
-        if p.exists() or p.is_symlink():
-            _fail(OutputExistsError(f"{p} exists; refusing to overwrite a key", path=str(p)),
-                  as_json)
+        try:
+            os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            _fail(OutputExistsError(f"cannot write {p}: {exc.strerror}", path=str(p)), as_json)
+        _fail(OutputExistsError(f"{p} exists; refusing to overwrite a key", path=str(p)), as_json)
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -263,7 +302,7 @@ def trust_create(out: Path, keys: tuple[Path, ...], threshold: int, product: str
         except VerificationError as exc:
             _fail(exc, False)
         policy = SigstorePolicy(sigstore_identity, sigstore_issuer, root, not sigstore_optional)
-    if out.exists():
+    if os.path.lexists(out):
         _fail(OutputExistsError(f"{out} exists; refusing to overwrite a trust file",
                                 path=str(out)), False)
     try:
@@ -308,7 +347,7 @@ def trust_accept(current: Path, new: tuple[Path, ...], replace: bool) -> None:
     except VerificationError as exc:
         _fail(exc, False)
     if replace:
-        _write(current, read_small(new[-1], "trust file", MAX_TRUST_BYTES))
+        _write(current, read_small(new[-1], "trust file", MAX_TRUST_BYTES), inputs=new)
     click.echo(f"accepted: trust version {last.version}, {last.threshold} of {len(last.keys)} keys"
                + (f"; {current} replaced" if replace else ""))
 
@@ -324,7 +363,7 @@ def trust_allowed_signers(trust_file: Path, out: Path | None) -> None:
     except VerificationError as exc:
         _fail(exc, False)
     if out:
-        _write(out, text.encode())
+        _write(out, text.encode(), inputs=(trust_file,))
     else:
         click.echo(text, nl=False)
 
@@ -347,7 +386,7 @@ def trust_pem(trust_file: Path, out_dir: Path | None) -> None:
             except OSError as exc:
                 _fail(OutputExistsError(f"cannot create {out_dir}: {exc.strerror}",
                                         path=str(out_dir)), False)
-            _write(out_dir / f"{k.keyid}.pem", pem.encode())
+            _write(out_dir / f"{k.keyid}.pem", pem.encode(), inputs=(trust_file,))
         else:
             click.echo(f"# {k.name} {k.keyid}\n{pem}", nl=False)
 

@@ -238,3 +238,57 @@ def test_sigstore_trusted_root_may_be_a_path_relative_to_the_trust_file(tmp_path
     (tmp_path / "trusted_root.json").unlink()
     with pytest.raises(TrustFileError):
         load_trust(path)
+
+
+def test_keygen_refuses_an_empty_passphrase_file_instead_of_writing_the_key_unencrypted(
+        tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("\n")
+    result = CliRunner().invoke(main, ["keygen", "--out", str(tmp_path / "k"),
+                                       "--passphrase-file", str(pw), "--json"])
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.output)["reason"] == "unusable_key"
+    assert not (tmp_path / "k").exists() and not (tmp_path / "k.pub").exists()
+
+
+def test_keygen_output_name_too_long_is_a_named_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["keygen", "--out", str(tmp_path / ("k" * 300)), "--json"])
+    assert result.exit_code == OutputExistsError.exit_code, result.output
+    assert json.loads(result.output)["reason"] == "output_exists"
+
+
+def _one_key_trust(tmp_path: Path) -> Path:
+    _keygen(tmp_path, "alice")
+    out = tmp_path / "trust.json"
+    result = CliRunner().invoke(main, ["trust", "create", "--out", str(out), "--threshold", "1",
+                                       "--key", str(tmp_path / "alice.pub")])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_trust_exports_never_overwrite_their_input_nor_replace_a_link_or_fifo(
+        tmp_path: Path) -> None:
+    import os
+    trust_file = _one_key_trust(tmp_path)
+    before = trust_file.read_bytes()
+    outside = tmp_path / "outside"
+    (tmp_path / "link").symlink_to(outside)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "same").symlink_to(trust_file)
+    for out in ("trust.json", "link", "fifo", "same"):
+        result = CliRunner().invoke(main, ["trust", "allowed-signers", str(trust_file), "-o",
+                                           str(tmp_path / out)])
+        assert result.exit_code == OutputExistsError.exit_code, (out, result.output)
+    assert trust_file.read_bytes() == before
+    assert (tmp_path / "link").is_symlink() and not outside.exists()
+    assert stat.S_ISFIFO((tmp_path / "fifo").lstat().st_mode)
+    # a dangling link is not a free name for `trust create` either
+    result = CliRunner().invoke(main, ["trust", "create", "--out", str(tmp_path / "link"),
+                                       "--threshold", "1", "--key", str(tmp_path / "alice.pub")])
+    assert result.exit_code == OutputExistsError.exit_code, result.output
+    assert (tmp_path / "link").is_symlink() and not outside.exists()
+    # an ordinary re-export still replaces its own earlier output
+    for _ in range(2):
+        result = CliRunner().invoke(main, ["trust", "allowed-signers", str(trust_file), "-o",
+                                           str(tmp_path / "allowed_signers")])
+        assert result.exit_code == 0, result.output
