@@ -7,11 +7,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ -z "${SEALFUSE_SKIP_
   # openssh-client: ssh-keygen -Y verify (auditor interop); openssl: pkeyutl -rawin;
   # apparmor: apparmor_parser for the profile gate; python3-venv: release venvs from /usr/bin/python3;
   # util-linux/iproute2: unshare and ip for the no-network tests; systemd: the system tests;
-  # slurm-wlm/munge: the real single-node Slurm of the cluster tests; prometheus (+promtool) and
-  # prometheus-node-exporter: the monitoring tests.
+  # slurm-wlm/munge: the real single-node Slurm of the cluster tests (slurmdbd/mariadb-server: its
+  # accounting, for sacct); prometheus (+promtool) and prometheus-node-exporter: the monitoring tests.
   need=""
   for c in ssh-keygen:openssh-client openssl:openssl apparmor_parser:apparmor unshare:util-linux \
-           ip:iproute2 systemd-analyze:systemd slurmctld:slurm-wlm munged:munge \
+           ip:iproute2 systemd-analyze:systemd slurmctld:slurm-wlm munged:munge slurmdbd:slurmdbd \
+           mariadbd:mariadb-server \
            promtool:prometheus prometheus-node-exporter:prometheus-node-exporter; do
     PATH=$PATH:/usr/sbin command -v "${c%%:*}" >/dev/null || need="$need ${c##*:}"
   done

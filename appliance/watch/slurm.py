@@ -3,7 +3,8 @@ job running `sealfuse run-job` on a compute node that sees the spool over a shar
 
 The claim stays the daemon's; the result is published by `run-job` through the spool's atomic
 commit (first rename wins), so a requeued or duplicated run cannot commit twice. Jobs are tracked
-with squeue/scontrol; lost runs (node failure, preemption, and as configured a cancel or kill
+with squeue/scontrol (and sacct, when the cluster has accounting, for jobs slurmctld has already
+forgotten); lost runs (node failure, preemption, and as configured a cancel or kill
 from outside sealfuse) are resubmitted `retries` times. Slurm jobs outlive a daemon restart and
 are adopted again from SPOOL/slurm/<job-id>/dispatch.json.
 """
@@ -38,7 +39,7 @@ TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CAN
 # Lost runs: the job itself did not fail; the run was taken away. `retry_on` names which of these
 # are resubmitted (up to `retries` times).
 LOST_KINDS = ("node_fail", "preempted", "cancelled", "killed")
-COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")
+COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")  # required; sacct is used when it answers
 LOG_TAIL = 2000
 
 
@@ -148,6 +149,7 @@ class SlurmDispatcher(Dispatcher):
         self._ready = False
         self._events: list[DispatchEvent] = []
         self._next_poll = 0.0
+        self._sacct_ok: bool | None = None  # None: not asked yet; False: no accounting here
 
     # ------------------------------------------------------------------ commands
     def _exe(self, name: str) -> str:
@@ -193,6 +195,31 @@ class SlurmDispatcher(Dispatcher):
             if sep:
                 fields.setdefault(key, value)
         return fields
+
+    def _sacct(self, slurm_id: str) -> tuple[str, str, str] | None:
+        """(state, exit code, nodes) of a finished job from Slurm's accounting (slurmdbd), for jobs
+        slurmctld has already forgotten (MinJobAge); None without accounting or a record."""
+        if self._sacct_ok is False or not slurm_id:
+            return None
+        try:
+            r = subprocess.run([self._exe("sacct"), "-n", "-P", "-X", "-j", slurm_id, "-o",
+                                "JobIDRaw,State,ExitCode,NodeList"], capture_output=True, text=True,
+                               env=self.env, timeout=self.s.command_timeout_seconds)
+        except (OSError, subprocess.TimeoutExpired):
+            self._sacct_ok = False
+            return None
+        if r.returncode != 0:
+            if "disabled" in r.stderr.lower() or "accounting_storage/none" in r.stderr.lower():
+                self._sacct_ok = False  # no slurmdbd on this cluster: squeue/scontrol only
+            else:
+                self._command_error("sacct")
+            return None
+        self._sacct_ok = True
+        for line in r.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 4 and parts[0] == slurm_id:
+                return parts[1].split()[0].rstrip("+"), parts[2], parts[3]
+        return None
 
     # ------------------------------------------------------------------ Dispatcher
     def start(self) -> None:
@@ -241,7 +268,9 @@ class SlurmDispatcher(Dispatcher):
             left_something = ((self.spool / "outbox" / job_id).is_dir()
                               or (jdir / f"error-{last}.json").is_file())
             if listing is not None and last not in listing and not left_something:
-                continue  # Slurm forgot it and it left nothing: run it again
+                final = self._sacct(last)
+                if final is None or final[0] not in TERMINAL:
+                    continue  # Slurm forgot it, accounting has no end, it left nothing: run it again
             req = record.get("request", {})
             request = JobRequest(job_id, self.spool, Path(req.get("source", "")), Path(req.get("target", "")),
                                  Path(req.get("target", "")), dict(req.get("options", {})),
@@ -403,6 +432,11 @@ class SlurmDispatcher(Dispatcher):
             entry = listing.get(t.slurm_id)
             if entry is None:
                 t.missing_polls += 1
+                final = self._sacct(t.slurm_id) if t.missing_polls >= 3 or t.state == "ADOPTED" else None
+                if final is not None and final[0] in TERMINAL:
+                    t.node = final[2] or t.node
+                    self._finish(job_id, t, final[0], exit_code=final[1])
+                    continue
                 if t.missing_polls < 3 and not self._committed(job_id):
                     continue  # just submitted or just purged: look again
                 self._finish(job_id, t, "UNKNOWN")
@@ -452,7 +486,7 @@ class SlurmDispatcher(Dispatcher):
     def _committed(self, job_id: str) -> bool:
         return (self.spool / "outbox" / job_id / "result.json").is_file()
 
-    def _finish(self, job_id: str, t: Tracked, state: str) -> None:
+    def _finish(self, job_id: str, t: Tracked, state: str, *, exit_code: str | None = None) -> None:
         """The Slurm job ended: the spool says what happened; Slurm's state says why if nothing did."""
         evidence = {"slurm_job_id": t.slurm_id, "slurm_state": state, "node": t.node,
                     "slurm_job_ids": list(t.slurm_ids)}
@@ -481,8 +515,8 @@ class SlurmDispatcher(Dispatcher):
                 doc["evidence"].update(evidence)
             self._fail(job_id, errors.ReportedError(doc))
             return
-        show = self._show(t.slurm_id) if t.slurm_id else {}
-        exit_code = show.get("ExitCode", "")
+        show = self._show(t.slurm_id) if t.slurm_id and exit_code is None else {}
+        exit_code = exit_code or show.get("ExitCode", "")
         evidence.update(exit_code=exit_code or None, slurm_reason=show.get("Reason"))
         if state in ("TIMEOUT", "DEADLINE"):
             limit = self.time_limit_minutes(t.request)

@@ -15,6 +15,7 @@ from pathlib import Path
 NODE = "sfnode1"
 PARTITION = "sfpart"
 DAEMONS = ("munged", "slurmctld", "slurmd", "mungekey", "sbatch", "squeue", "scontrol", "scancel")
+ACCOUNTING = ("slurmdbd", "mariadbd", "mariadb-install-db", "sacct", "sacctmgr")
 
 
 def skip_reason() -> str | None:
@@ -25,6 +26,14 @@ def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "the Slurm test cluster runs slurmd, which needs root"
     return None
+
+
+def accounting_skip_reason() -> str | None:
+    """Why Slurm accounting (slurmdbd + MariaDB, for sacct) cannot run here, or None."""
+    missing = [d for d in ACCOUNTING if shutil.which(d) is None and not Path("/usr/sbin", d).exists()]
+    if missing:
+        return f"Slurm accounting needs slurmdbd and mariadb-server ({', '.join(missing)} not found)"
+    return skip_reason()
 
 
 def free_port() -> int:
@@ -48,9 +57,15 @@ class SlurmCluster:
     runs itself (its retry count is configuration, and Slurm's requeue delay is 120 s).
     """
 
-    def __init__(self, root: Path, *, cpus: int | None = None, address: str = "127.0.0.1") -> None:
+    def __init__(self, root: Path, *, cpus: int | None = None, address: str = "127.0.0.1",
+                 accounting: bool = False, min_job_age: int = 600) -> None:
         self.root = root
         self.address = address  # where slurmctld and slurmd listen (a private address)
+        # accounting: MariaDB + slurmdbd on 127.0.0.1 as well, so that sacct answers
+        self.accounting = accounting
+        self.min_job_age = min_job_age  # seconds slurmctld keeps a finished job (squeue/scontrol)
+        self.db_port = free_port()
+        self.dbd_port = free_port()
         self.cpus = cpus or max(2, os.cpu_count() or 2)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.munge_dir = root / "munge"
@@ -95,7 +110,11 @@ class SlurmCluster:
             "ReturnToService=2",
             "JobCompType=jobcomp/filetxt",
             f"JobCompLoc={self.jobcomp}",
-            "AccountingStorageType=accounting_storage/none",
+            *(["AccountingStorageType=accounting_storage/slurmdbd", "AccountingStorageHost=127.0.0.1",
+               f"AccountingStoragePort={self.dbd_port}",
+               f"AccountingStoragePass={self.socket}"]  # the munge socket, for slurmdbd connections
+              if self.accounting
+              else ["AccountingStorageType=accounting_storage/none"]),
             "JobAcctGatherType=jobacct_gather/none",
             "MailProg=/bin/true",
             "GresTypes=gpu",
@@ -103,7 +122,7 @@ class SlurmCluster:
             "KillWait=2",
             "OverTimeLimit=0",
             "InactiveLimit=0",
-            "MinJobAge=600",
+            f"MinJobAge={self.min_job_age}",
             "DefMemPerCPU=256",
             "MessageTimeout=10",
             "SlurmdTimeout=30",
@@ -113,6 +132,15 @@ class SlurmCluster:
             f"PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
         ]
         self.conf.write_text("\n".join(lines) + "\n")
+        if self.accounting:
+            dbd = self.conf.parent / "slurmdbd.conf"
+            dbd.write_text("\n".join([
+                "AuthType=auth/munge", f"AuthInfo=socket={self.socket}", "DbdHost=localhost",
+                "DbdAddr=127.0.0.1", f"DbdPort={self.dbd_port}", "SlurmUser=root",
+                "StorageType=accounting_storage/mysql", "StorageHost=127.0.0.1",
+                f"StoragePort={self.db_port}", "StorageUser=root", "StorageLoc=slurm_acct_db",
+                f"PidFile={r}/state/slurmdbd.pid", f"LogFile={r}/log/slurmdbd.log"]) + "\n")
+            os.chmod(dbd, 0o600)
         # A fake GPU: no device node, but --gres=gpu:1 sets CUDA_VISIBLE_DEVICES.
         (self.conf.parent / "gres.conf").write_text(
             f"AutoDetect=off\nNodeName={NODE} Name=gpu Type=fake File=/dev/null\n")
@@ -132,12 +160,37 @@ class SlurmCluster:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self._wait(lambda: self.socket.exists(), timeout, "munged's socket")
         os.chmod(self.munge_dir, 0o755)
+        if self.accounting:
+            self._start_accounting(timeout)
         self.procs["slurmctld"] = subprocess.Popen(
             [_exe("slurmctld"), "-D", "-c", "-i", "-f", str(self.conf)], env=self.env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.start_slurmd()
         self._wait(self.node_idle, timeout, f"node {NODE} to be idle")
         return self
+
+    def _start_accounting(self, timeout: float) -> None:
+        """MariaDB (no grant tables, 127.0.0.1 only) and slurmdbd; the cluster registered in it."""
+        data = self.root / "db"
+        if not data.exists():
+            subprocess.run([_exe("mariadb-install-db"), f"--datadir={data}", "--user=root",
+                            "--auth-root-authentication-method=normal", "--skip-test-db"],
+                           check=True, capture_output=True, timeout=120)
+        self.procs["mariadbd"] = subprocess.Popen(
+            [_exe("mariadbd"), f"--datadir={data}", f"--port={self.db_port}", "--bind-address=127.0.0.1",
+             f"--socket={self.root}/db.sock", "--user=root", "--skip-grant-tables",
+             f"--pid-file={self.root}/db.pid", f"--log-error={self.root}/log/mariadb.log",
+             "--innodb-buffer-pool-size=32M"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.procs["slurmdbd"] = subprocess.Popen(
+            [_exe("slurmdbd"), "-D"], env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+        def registered() -> bool:
+            r = self.run("sacctmgr", "-i", "add", "cluster", "sealfusetest", check=False, timeout=10)
+            return r.returncode == 0 or "already exists" in (r.stdout + r.stderr).lower()
+
+        self._wait(registered, timeout * 2, "slurmdbd to register the cluster")
 
     def start_slurmd(self) -> None:
         self.procs["slurmd"] = subprocess.Popen(
@@ -148,7 +201,7 @@ class SlurmCluster:
         # Jobs first (their steps are children of slurmstepd, not of slurmd).
         with contextlib.suppress(Exception):
             self.run("scancel", "--full", "-u", "root", check=False, timeout=10)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             p = self.procs.pop(name, None)
             if p is None:
                 continue

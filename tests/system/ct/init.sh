@@ -11,9 +11,11 @@ mount -t overlay -o lowerdir=/,upperdir="$O/u",workdir="$O/w" overlay "$O/m"
 R=$O/m
 mount -t tmpfs tmpfs "$R/work" 2>/dev/null || true    # the host's checkout is not the appliance's
 mount -t tmpfs tmpfs "$R/tmp"
-# Host services that make no sense in here.
+# Host services that make no sense in here (the test tools' daemons among them: the Slurm and
+# monitoring tests start their own on private ports when they need them).
 for u in postgresql.service getty@tty1.service console-getty.service serial-getty@ttyS0.service \
-         apparmor.service; do
+         apparmor.service munge.service slurmctld.service slurmd.service slurmdbd.service \
+         mariadb.service prometheus.service prometheus-node-exporter.service; do
   ln -sf /dev/null "$R/etc/systemd/system/$u"
 done
 if [ -n "${CT_EXTRA:-}" ]; then tar -C "$CT_EXTRA" -cf - . | tar -C "$R" -xf - --keep-directory-symlink; fi
