@@ -120,7 +120,7 @@ class Metrics:
             self.job_duration.labels(outcome)
         self.jobs.labels("done", "ok")
         self.jobs.labels("duplicate", "duplicate")
-        for reason in FAILURE_REASONS:
+        for reason in failure_reasons():
             self.jobs.labels("failed", reason)
         for state in QUEUE_STATES:
             self.queue_jobs.labels(state)
@@ -218,6 +218,24 @@ class Metrics:
                 p.unlink()
                 removed.append(p)
         return removed
+
+
+def failure_reasons() -> tuple[str, ...]:
+    """FAILURE_REASONS plus every job-failure reason the watch service's errors module defines
+    (so that a reason added there gets its zero series without touching this list)."""
+    found: set[str] = set(FAILURE_REASONS)
+    try:
+        from sealfuse.appliance.watch import errors
+    except ImportError:  # pragma: no cover - the watch package is part of the appliance
+        return tuple(sorted(found))
+    startup = getattr(errors, "StartupError", None)
+    for obj in vars(errors).values():
+        reason = getattr(obj, "reason", None)
+        if isinstance(obj, type) and issubclass(obj, Exception) and isinstance(reason, str) \
+                and not (startup is not None and issubclass(obj, startup)):
+            found.add(reason)
+    found -= {"bad_drop", "duplicate"}  # a base class; duplicates are their own outcome
+    return tuple(sorted(found))
 
 
 def _text(value: Any) -> str:

@@ -177,7 +177,7 @@ def test_a_lost_gpu_stops_gpu_sampling_but_not_the_writer(tmp_path: Path) -> Non
     assert _samples(tmp_path / "s.prom")[("sealfuse_jobs_total", (("outcome", "done"), ("reason", "ok")))] == 1
 
 
-def test_every_quarantine_reason_of_the_daemon_has_a_zero_series_from_the_start() -> None:
+def test_every_quarantine_reason_of_the_daemon_has_a_zero_series_from_the_start(tmp_path: Path) -> None:
     """increase() cannot see a counter's first step when the series appears at 1."""
     from sealfuse.appliance.watch import errors as E
 
@@ -185,5 +185,9 @@ def test_every_quarantine_reason_of_the_daemon_has_a_zero_series_from_the_start(
     reasons = {c.reason for c in vars(E).values()
                if isinstance(c, type) and isinstance(getattr(c, "reason", None), str)
                and not (startup and issubclass(c, startup))}
-    reasons -= {"bad_drop", "duplicate", "internal_error"}  # base classes; duplicates: own outcome
-    assert reasons and reasons <= set(M.FAILURE_REASONS), reasons - set(M.FAILURE_REASONS)
+    reasons -= {"bad_drop", "duplicate"}  # the base class; duplicates are their own outcome
+    assert {"empty_file", "worker_crashed", "timeout"} <= reasons
+    M.Metrics(tmp_path / "s.prom").write()
+    zero = {dict(labels)["reason"] for (name, labels), v in _samples(tmp_path / "s.prom").items()
+            if name == "sealfuse_jobs_total" and dict(labels)["outcome"] == "failed" and v == 0}
+    assert reasons | {"node_fail", "cancelled", "slurm_failed", "no_face_in_target"} <= zero, reasons - zero
