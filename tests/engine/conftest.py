@@ -9,14 +9,13 @@ import pytest
 
 from sealfuse.engine.imageio import read_image
 from sealfuse.engine.options import SwapOptions
+from tests.engine import standins  # noqa: F401  (re-exported for tests)
 from tests.starter_models import add_starter
-
-from . import standins  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")
 def standin_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from .standins import models_dir
+    from tests.engine.standins import models_dir
 
     return models_dir(tmp_path_factory.mktemp("models"), enhancer=True, parser=True)
 

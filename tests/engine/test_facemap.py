@@ -15,9 +15,8 @@ from sealfuse.engine.api import Engine
 from sealfuse.engine.errors import ConfigError, ModelMissingError, NoReferenceMatchError
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
-
-from . import standins
-from .standins import GHOST_CONVERTER, SOURCE_GAIN
+from tests.engine import standins
+from tests.engine.standins import GHOST_CONVERTER, SOURCE_GAIN
 
 
 @pytest.fixture(scope="module")

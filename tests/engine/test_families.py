@@ -14,9 +14,8 @@ from sealfuse.engine.errors import ModelMissingError, ModelSignatureError
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
 from sealfuse.engine.registry import CATALOG, LOCK_FILE, ModelRegistry, sha256_file
-
-from . import standins
-from .standins import (
+from tests.engine import standins
+from tests.engine.standins import (
     GHOST_CONVERTER,
     INSWAPPER_EMAP,
     SIMSWAP_CONVERTER,

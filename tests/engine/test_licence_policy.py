@@ -12,8 +12,7 @@ from sealfuse.engine.errors import ModelError, ModelLicenceError
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Models, Pipeline, make_registry
 from sealfuse.engine.registry import CATALOG, CODE_PINNED_CLASSES, LOCK_FILE, licence_class_of
-
-from . import standins
+from tests.engine import standins
 
 GHOST = ("ghost_1_256", "crossface_ghost")
 

@@ -20,8 +20,7 @@ from sealfuse.engine.errors import (
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Models, make_registry
 from sealfuse.engine.registry import CATALOG, LOCK_FILE, ModelRegistry, sha256_file
-
-from . import standins
+from tests.engine import standins
 
 CPU = prov.resolve_providers(["cpu"], threads=1)
 

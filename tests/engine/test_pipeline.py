@@ -127,7 +127,7 @@ def test_reference_without_match_is_a_specific_error(standin_models, hanks_png, 
 
 
 def test_inswapper_without_a_recognizer_names_the_missing_model(tmp_path, hanks_png):
-    from .standins import models_dir
+    from tests.engine.standins import models_dir
 
     models = models_dir(tmp_path / "m", recognizer=False)
     with pytest.raises(ModelMissingError) as info:
@@ -154,7 +154,7 @@ def test_engine_report_lists_faces_models_with_sha256_and_timings(standin_models
 
 
 def test_scrfd_is_used_when_supplied_and_its_detections_map_back_to_the_frame(tmp_path):
-    from .standins import models_dir, scrfd_expected
+    from tests.engine.standins import models_dir, scrfd_expected
 
     models = models_dir(tmp_path / "m", swapper=False, recognizer=False, detector=True)
     frame = np.full((960, 1280, 3), 128, np.uint8)

@@ -102,7 +102,7 @@ def test_a_missing_starter_model_is_exit_5_naming_fetch_starter(hanks_png, t1_jp
 
 
 def test_auto_detector_is_scrfd_when_supplied_else_blazeface(tmp_path):
-    from .standins import models_dir
+    from tests.engine.standins import models_dir
 
     with_scrfd = models_dir(tmp_path / "a", swapper=False, recognizer=False, detector=True)
     for d, want in ((with_scrfd, "scrfd_10g"), (models_dir(tmp_path / "b", swapper=False, recognizer=False),

@@ -15,8 +15,7 @@ from sealfuse.appliance.errors import ClockBehindError
 from sealfuse.appliance.install import InstallOptions
 from sealfuse.appliance.install import install as do_install
 from sealfuse.appliance.release import Layout
-
-from .conftest import FakeSystemd
+from tests.install.installlib import FakeSystemd
 
 
 def tree(root: Path) -> dict[str, tuple[int, int, bytes]]:

@@ -8,7 +8,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from .conftest import HARDENING_DIR, SYSTEMD_DIR, need
+from tests.install.installlib import HARDENING_DIR, SYSTEMD_DIR, need
 
 PROFILE = HARDENING_DIR / "apparmor" / "sealfuse-engine"
 

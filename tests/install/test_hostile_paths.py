@@ -316,8 +316,7 @@ def test_uninstall_purge_removes_planted_links_and_nothing_they_point_at(
     from sealfuse.appliance.install import InstallOptions
     from sealfuse.appliance.install import install as do_install
     from sealfuse.appliance.uninstall import uninstall as do_uninstall
-
-    from .conftest import FakeSystemd
+    from tests.install.installlib import FakeSystemd
 
     layout = Layout(root)
     sd = FakeSystemd(layout)

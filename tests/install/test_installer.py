@@ -33,8 +33,7 @@ from sealfuse.appliance.uninstall import uninstall as do_uninstall
 from sealfuse.engine.registry import read_lock
 from sealfuse.verifier.errors import BadVersionNumberError, HashMismatchError, RotationError
 from sealfuse.verifier.trust import load_trust
-
-from .conftest import UNIT, FakeSystemd, write_trust
+from tests.install.installlib import UNIT, FakeSystemd, write_trust
 
 pytestmark = pytest.mark.slow
 

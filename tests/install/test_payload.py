@@ -22,8 +22,7 @@ from sealfuse.appliance.install import install as do_install
 from sealfuse.appliance.install import rollback as do_rollback
 from sealfuse.appliance.release import InstallRecord, Layout
 from sealfuse.appliance.units import PAIRED_PAYLOAD, REQUIRED_PAYLOAD
-
-from .conftest import HARDENING_DIR, SYSTEMD_DIR, FakeSystemd
+from tests.install.installlib import HARDENING_DIR, SYSTEMD_DIR, FakeSystemd
 
 AUDIT = "var/lib/sealfuse/audit/audit.jsonl"
 # the audit log that records the refusal, and the directories it lives in

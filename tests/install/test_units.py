@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import HARDENING_DIR, SYSTEMD_DIR, UNIT, need
+from tests.install.installlib import HARDENING_DIR, SYSTEMD_DIR, UNIT, need
 
 GATE = HARDENING_DIR / "gate.sh"
 LINE = re.compile(r"^(PASS|FAIL) (\S+) exposure=([0-9.]+)")

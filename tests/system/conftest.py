@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .container import Container, skip_reason
+from tests.system.container import Container, skip_reason
 
 STATE = Path("/tmp/sealfuse-ct")
 

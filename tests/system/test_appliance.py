@@ -22,9 +22,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.starter_models import add_starter
-
-from .container import Container, skip_reason
-from .wheelhouse import build_sealfuse_wheel, ensure_runtime_wheels
+from tests.system.container import Container, skip_reason
+from tests.system.wheelhouse import build_sealfuse_wheel, ensure_runtime_wheels
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

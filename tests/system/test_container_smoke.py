@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .container import Container
+from tests.system.container import Container
 
 pytestmark = pytest.mark.system
 

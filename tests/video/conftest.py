@@ -9,8 +9,7 @@ import pytest
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
 from tests.starter_models import add_starter
-
-from .clips import make_clip
+from tests.video.clips import make_clip
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,7 @@ from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
 from sealfuse.engine.video import swap_video, transcode_video
 from tests.engine import standins
-
-from .clips import Sprite, background, compose, decode_frames, make_clip, t1_faces
+from tests.video.clips import Sprite, background, compose, decode_frames, make_clip, t1_faces
 
 W, H, N, FPS = 320, 240, 30, 15
 SIZE = 110

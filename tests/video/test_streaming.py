@@ -34,8 +34,7 @@ from sealfuse.engine.video import (
     transcode_video,
 )
 from tests.starter_models import add_starter
-
-from .clips import Sprite, audio_digests, decode_frames, hanks_face, make_clip, psnr
+from tests.video.clips import Sprite, audio_digests, decode_frames, hanks_face, make_clip, psnr
 
 
 def _listing(d: Path) -> list[str]:
@@ -119,7 +118,7 @@ def test_odd_width_and_height_are_kept_exactly(pipeline, tmp_path):
 
 def test_frames_without_faces_pass_through_like_a_plain_transcode(pipeline, tmp_path):
     """First half: no face; second half: a face. Faceless frames match the transcode-only baseline."""
-    from .clips import background, compose
+    from tests.video.clips import background, compose
 
     bg = background(320, 240)
     face = Sprite(hanks_face(), (60, 40), (120, 60), 120)

@@ -12,8 +12,15 @@ from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
 from sealfuse.engine.track import FaceTracker, OneEuro, TrackSelector
 from sealfuse.engine.video import swap_video, transcode_video
-
-from .clips import Sprite, background, compose, decode_frames, engine_standins, make_clip, t1_faces
+from tests.video.clips import (
+    Sprite,
+    background,
+    compose,
+    decode_frames,
+    engine_standins,
+    make_clip,
+    t1_faces,
+)
 
 W, H, N, FPS = 320, 240, 30, 15
 SIZE = 110  # sprite width in pixels

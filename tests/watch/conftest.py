@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from watchlib import WatchEnv  # noqa: E402
+from tests.watch.watchlib import WatchEnv  # noqa: E402
 
 
 @pytest.fixture

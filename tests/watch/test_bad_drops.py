@@ -12,7 +12,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from watchlib import WatchEnv, drop_bytes, png_variant, small_mp4, wait_for
+
+from tests.watch.watchlib import WatchEnv, drop_bytes, png_variant, small_mp4, wait_for
 
 
 def png_bomb(width: int, height: int) -> bytes:

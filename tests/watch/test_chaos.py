@@ -13,7 +13,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from watchlib import WatchEnv, drop_bytes, png_variant, small_mp4
+
+from tests.watch.watchlib import WatchEnv, drop_bytes, png_variant, small_mp4
 
 SEED = 20240611
 JOBS = 50

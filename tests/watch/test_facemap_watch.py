@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from fakes import CopyDispatcher
-from watchlib import png_variant
 
 from sealfuse.appliance.sdnotify import Notifier
 from sealfuse.appliance.watch import errors
@@ -15,6 +13,8 @@ from sealfuse.appliance.watch.config import Preset, WatchConfig, WatchConfigErro
 from sealfuse.appliance.watch.daemon import Daemon, Paths
 from sealfuse.appliance.watch.worker import to_options_kwargs
 from sealfuse.engine.options import SwapOptions
+from tests.watch.fakes import CopyDispatcher
+from tests.watch.watchlib import png_variant
 
 
 def _daemon(tmp_path: Path, cfg: WatchConfig) -> tuple[Daemon, CopyDispatcher]:

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_input_reasons import documented_reasons
-from watchlib import WatchEnv, png_variant, wait_for
 
 from sealfuse.appliance.fsutil import FollowError
 from sealfuse.appliance.watch import errors
 from sealfuse.appliance.watch.admission import Admission
 from sealfuse.appliance.watch.config import Preset, WatchConfig
+from tests.watch.watchlib import WatchEnv, documented_reasons, png_variant, wait_for
 
 SEED = int(os.environ.get("SEALFUSE_FUZZ_SEED", "20251125"))
 CASES = int(os.environ.get("SEALFUSE_FUZZ_CASES", "400"))  # admission cases; the daemon gets a sixth

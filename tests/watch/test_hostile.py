@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from watchlib import WatchEnv, png_variant, wait_for
+
+from tests.watch.watchlib import WatchEnv, png_variant, wait_for
 
 
 def test_a_second_daemon_on_the_same_spool_exits_4_and_touches_nothing(watch_env: WatchEnv) -> None:

@@ -14,9 +14,9 @@ import pytest
 
 from sealfuse.appliance.watch import errors as watch_errors
 from sealfuse.engine import errors as engine_errors
+from tests.watch.watchlib import documented_reasons
 
 REPO = Path(__file__).resolve().parents[2]
-DOC = REPO / "docs" / "watch-folder.md"
 
 
 def _classes(module: object, root: type) -> list[type]:
@@ -33,17 +33,6 @@ def emitted_reasons() -> set[str]:
         for block in re.findall(r'\{"op": "result".*?\}\)', source.read_text(), re.S):
             reasons |= set(re.findall(r'"reason": "([a-z_]+)"', block))
     return reasons
-
-
-def documented_reasons() -> set[str]:
-    text = DOC.read_text()
-    section = text.split("## Quarantine reasons", 1)[1].split("\n## ", 1)[0]
-    found: set[str] = set()
-    for line in section.splitlines():
-        if line.startswith("| ") and not line.startswith("| reason"):
-            first = line.split("|")[1]
-            found |= set(re.findall(r"`([a-z_]+)`", first))
-    return found
 
 
 def test_every_reason_the_daemon_can_emit_is_in_the_documented_table() -> None:

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from watchlib import WatchEnv, png_variant, wait_for
+
+from tests.watch.watchlib import WatchEnv, png_variant, wait_for
 
 
 def _metrics(env: WatchEnv) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

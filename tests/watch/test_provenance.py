@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from watchlib import WatchEnv, drop_bytes, png_variant, small_mp4
 
 from sealfuse.bundle.provenance import init
 from sealfuse.verifier.provenance import TRUSTED, read_credentials
+from tests.watch.watchlib import WatchEnv, drop_bytes, png_variant, small_mp4
 
 pytest.importorskip("c2pa")
 

@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import CopyDispatcher
-from watchlib import png_variant
 
 from sealfuse.appliance.sdnotify import Notifier
 from sealfuse.appliance.watch import errors, recovery, spool
 from sealfuse.appliance.watch.admission import Admission
 from sealfuse.appliance.watch.config import Preset, WatchConfig
 from sealfuse.appliance.watch.daemon import Daemon, Paths
+from tests.watch.fakes import CopyDispatcher
+from tests.watch.watchlib import png_variant
 
 EXTS = ((".png", ".jpg"), (".mp4",))
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
-from watchlib import WatchEnv, png_variant, wait_for
+
+from tests.watch.watchlib import WatchEnv, png_variant, wait_for
 
 
 def _restarts(env: WatchEnv) -> dict[str, float]:

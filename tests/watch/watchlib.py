@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,3 +181,18 @@ def small_mp4(frame_png: Path, frames: int = 12) -> bytes:
         for pkt in stream.encode():
             out.mux(pkt)
     return buf.getvalue()
+
+
+WATCH_DOC = REPO / "docs" / "watch-folder.md"
+
+
+def documented_reasons() -> set[str]:
+    """The reasons listed in docs/watch-folder.md's "Quarantine reasons" table."""
+    text = WATCH_DOC.read_text()
+    section = text.split("## Quarantine reasons", 1)[1].split("\n## ", 1)[0]
+    found: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| reason"):
+            first = line.split("|")[1]
+            found |= set(re.findall(r"`([a-z_]+)`", first))
+    return found
