@@ -147,6 +147,11 @@ def read_log(path: Path) -> bytes:
         return f.read()
 
 
+def _no_constant(name: str) -> None:
+    """NaN and Infinity are not JSON: an entry carrying one was not written by sealfuse."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def verify_log(path: str | os.PathLike[str], anchor: tuple[int, str] | None = None) -> VerifyResult:
     """Check every line's self-hash, sequence and link to the previous line.
 
@@ -169,10 +174,10 @@ def verify_log(path: str | os.PathLike[str], anchor: tuple[int, str] | None = No
     anchor_seen = False
     for i, raw in enumerate(lines, start=1):
         try:
-            entry = json.loads(raw)
+            entry = json.loads(raw, parse_constant=_no_constant)
             if not isinstance(entry, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             return bad(i, "not_json", f"line {i} is not a JSON object (edited or truncated)")
         if entry.get("hash") != entry_hash(entry) or raw != canonical(entry):
             return bad(i, "edited", f"line {i} does not match its own hash (edited)")

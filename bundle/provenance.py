@@ -231,9 +231,13 @@ def init(out_dir: Path, *, organization: str, appliance: str, alg: str = "ed2551
     if own_ca:
         assert ca_key_path is not None
         ca_cert, ca_key = load_studio_ca(ca_cert_path, ca_key_path, ca_passphrase)  # type: ignore[arg-type]
-    else:
-        ca_cert, ca_key = issue_ca(organization, alg=alg)
-    cert, key = issue_appliance(ca_cert, ca_key, appliance, alg=alg, days=days)
+    try:
+        if not own_ca:
+            ca_cert, ca_key = issue_ca(organization, alg=alg)
+        cert, key = issue_appliance(ca_cert, ca_key, appliance, alg=alg, days=days)
+    except ValueError as exc:  # X.509 refuses the names (empty, over 64 characters, ...)
+        raise ProvenanceInitError(f"cannot issue the certificates: {exc}",
+                                  organization=organization, appliance=appliance) from None
     try:
         (out_dir / APPLIANCE_DIR).mkdir(parents=True, exist_ok=True)
         _write_new(out_dir / CA_CERT, pem_cert(ca_cert), 0o644)

@@ -7,6 +7,8 @@ Each package owns its subcommands; they are imported only when invoked, so that
 from __future__ import annotations
 
 import importlib
+import json
+from typing import Any
 
 import click
 
@@ -43,6 +45,26 @@ class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
     commands_table: dict[str, tuple[str, str]] = COMMANDS
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        options = args[:args.index("--")] if "--" in args else args
+        ctx.meta.setdefault("sealfuse.json", "--json" in options)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """With --json, a usage error (bad option, missing argument, bad value) is printed as the
+        same JSON error object every command prints, on stdout, with the same exit code."""
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if not ctx.meta.get("sealfuse.json") or ctx.meta.get("sealfuse.json_done"):
+                raise
+            ctx.meta["sealfuse.json_done"] = True
+            click.echo(json.dumps({"ok": False, "error": type(exc).__name__,
+                                   "reason": "usage_error" if exc.exit_code == 2 else "error",
+                                   "message": exc.format_message(), "evidence": {},
+                                   "exit_code": exc.exit_code}, indent=2, sort_keys=True))
+            ctx.exit(exc.exit_code)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.commands_table)

@@ -134,11 +134,15 @@ def _load_anchors(path: Path) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
+    from sealfuse.verifier.inputs import MAX_TRUST_BYTES, read_regular
+
     try:
-        data = Path(path).read_bytes()
+        # regular files only, bounded: a FIFO or /dev/zero as anchors must not hang the reader
+        data = read_regular(Path(path), "trust anchors", MAX_TRUST_BYTES)
         certs = x509.load_pem_x509_certificates(data)
-    except OSError as exc:
-        raise UnreadableFileError(f"{path}: cannot read trust anchors ({exc.strerror})", path=path) from None
+    except VerificationError as exc:
+        raise UnreadableFileError(f"{path}: cannot read trust anchors ({exc.message})",
+                                  path=str(path)) from None
     except ValueError as exc:
         raise UnreadableFileError(f"{path}: not PEM certificates ({exc})", path=path) from None
     return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
