@@ -11,7 +11,7 @@ import click
 
 from sealfuse.appliance.console.config import DEFAULT_CONFIG, load_config
 from sealfuse.appliance.console.errors import EXIT_CODES, BadPasswordError, ConsoleError, ServeError
-from sealfuse.appliance.console.users import ROLES
+from sealfuse.appliance.console.users import MAX_PASSWORD, ROLES
 
 EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 CONFIG_HELP = f"Console config (TOML). Default: {DEFAULT_CONFIG}; a missing file means the defaults."
@@ -100,9 +100,13 @@ def _read_password(confirm: bool = True) -> str:
         if confirm and click.prompt("Again", hide_input=True, err=True) != first:
             raise BadPasswordError("the two entries differ")
         return str(first)
-    line = sys.stdin.readline()
-    if not line:
+    raw = sys.stdin.buffer.readline(MAX_PASSWORD * 4 + 2)  # bounded: a huge stdin is not read whole
+    if not raw:
         raise BadPasswordError("no password on stdin")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadPasswordError("the password is not valid UTF-8 text") from None
     return line.rstrip("\n")
 
 

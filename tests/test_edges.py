@@ -72,3 +72,103 @@ def test_provenance_init_names_an_unusable_name_and_writes_nothing(tmp_path: Pat
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout)["reason"] == "provenance_init_failed"
     assert not out.exists() or not any(out.rglob("*"))
+
+
+# -- configs and job manifests: the types their consumers take -------------------------------------
+@pytest.mark.parametrize("doc", [
+    {"version": 1, "source": "s.png", "target": "t.png", "options": {"blend_ratio": float("nan")}},
+    {"version": 1, "source": "s.png", "target": "t.png", "options": {"blend_ratio": float("inf")}},
+    {"version": 1, "source": "s.png", "target": "t.png", "options": {"detect_every": 2.0}},
+    {"version": 1, "source": "s.png", "target": "t.png", "options": {"trim_frame_start": 10 ** 30}},
+    {"version": 1, "source": "s.png", "target": "t.png", "options": {"detect_every": True}},
+])
+def test_job_schema_refuses_nan_floats_for_integers_and_out_of_range_integers(doc: dict) -> None:
+    from sealfuse.appliance.watch.config import MANIFEST_SCHEMA, validate
+
+    assert validate(doc, MANIFEST_SCHEMA)
+    assert not validate({"version": 1, "source": "s.png", "target": "t.png", "options": {"detect_every": 2}},
+                        MANIFEST_SCHEMA)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"version": 1, "source": "s.png", "target": "t.png", "options": {"blend_ratio": NaN}}',
+    b'{"version": 1, "target": "a.png", "target": "b.png"}',
+])
+def test_a_manifest_with_nan_or_a_repeated_key_is_invalid_json(tmp_path: Path, raw: bytes) -> None:
+    from sealfuse.appliance.watch import errors
+    from sealfuse.appliance.watch.admission import Admission
+    from sealfuse.appliance.watch.config import WatchConfig
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "j.job.json").write_bytes(raw)
+    admission = Admission(WatchConfig(), inbox, ((".png",), (".mp4",)))
+    with pytest.raises(errors.InvalidJsonError):
+        admission.read_manifest(inbox / "j.job.json")
+
+
+@pytest.mark.parametrize("text", ["[watch]\nconcurrency = 2.0\n", "[watch]\nconcurrency = true\n",
+                                  "[watch]\njob_timeout_seconds = nan\n"])
+def test_watch_config_wrong_number_types_are_config_errors(tmp_path: Path, text: str) -> None:
+    from sealfuse.appliance.watch.config import WatchConfigError, load_config
+
+    cfg = tmp_path / "watch.toml"
+    cfg.write_text(text)
+    with pytest.raises(WatchConfigError):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("which", ["watch", "console"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "dir"])
+def test_a_config_that_is_not_a_regular_file_is_refused_without_reading(
+        tmp_path: Path, which: str, kind: str) -> None:
+    if kind == "fifo":
+        path = tmp_path / "cfg.toml"
+        os.mkfifo(path)
+    elif kind == "dir":
+        path = tmp_path / "cfg.toml"
+        path.mkdir()
+    else:
+        path = Path(kind)
+    if which == "watch":
+        from sealfuse.appliance.watch.config import WatchConfigError as error
+        from sealfuse.appliance.watch.config import load_config
+    else:
+        from sealfuse.appliance.console.config import load_config
+        from sealfuse.appliance.console.errors import ConfigError as error
+    with pytest.raises(error, match="not a regular file"):
+        load_config(path)
+
+
+def test_console_config_nan_number_is_refused(tmp_path: Path) -> None:
+    from sealfuse.appliance.console.config import load_config
+    from sealfuse.appliance.console.errors import ConfigError
+
+    cfg = tmp_path / "console.toml"
+    cfg.write_text("[console]\nretention_hours = nan\n")
+    with pytest.raises(ConfigError):
+        load_config(cfg)
+
+
+# -- console accounts ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("password", "email", "code"), [
+    (b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7\xf6\xf5\n", None, 5),   # not UTF-8
+    (b"correct\x00horse1\n", None, 5),                                 # a control character
+    (b"x" * 100_000 + b"\n", None, 5),                                 # far too long
+    (b"correcthorse1\n", "a@b.example\nBcc: all@b.example", 2),        # a header injection
+    (b"correcthorse1\n", "not an address", 2),
+])
+def test_users_add_refuses_unusable_passwords_and_addresses(tmp_path: Path, password: bytes,
+                                                            email: str | None, code: int) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    args = ["users", "add", "bob", "--role", "submitter", "--config", str(tmp_path / "none.toml"),
+            "--state-dir", str(state), "--json"]
+    if email is not None:
+        args += ["--email", email]
+    result = CliRunner().invoke(main, args, input=password)
+    assert result.exit_code == code, result.output
+    assert json.loads(result.stdout)["ok"] is False
+    listed = CliRunner().invoke(main, ["users", "list", "--config", str(tmp_path / "none.toml"),
+                                       "--state-dir", str(state), "--json"])
+    assert "bob" not in listed.stdout

@@ -6,6 +6,7 @@ A missing file means the defaults (127.0.0.1:8080, plain HTTP, the appliance's s
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,9 +122,9 @@ class ConsoleConfig:
 
 
 def _problems(data: Any) -> list[str]:
-    import jsonschema
+    from sealfuse.appliance.watch.config import StrictValidator
 
-    v = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
+    v = StrictValidator(CONFIG_SCHEMA)
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
             for e in sorted(v.iter_errors(data), key=lambda e: list(e.absolute_path))]
 
@@ -131,11 +132,11 @@ def _problems(data: Any) -> list[str]:
 def load_config(path: Path | None, **overrides: Any) -> ConsoleConfig:
     """Read and check `path` (a missing file means the defaults); `overrides` win over the file."""
     data: dict[str, Any] = {}
-    if path is not None and path.exists():
+    if path is not None and os.path.lexists(path):
+        from sealfuse.appliance.watch.config import read_config_file
+
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}", path=str(path)) from exc
+            data = tomllib.loads(read_config_file(path, "console config", ConfigError))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}", path=str(path)) from exc
     problems = _problems(data)

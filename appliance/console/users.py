@@ -76,9 +76,29 @@ def check_name(name: str) -> str:
     return name
 
 
+MAX_PASSWORD = 1024
+EMAIL_RE = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,189}")
+
+
+def check_email(email: str | None) -> str | None:
+    """One plain address (it becomes a mail header): no spaces, line breaks or control chars."""
+    if email is not None and not EMAIL_RE.fullmatch(email):
+        raise BadUserNameError(f"e-mail {email!r} is not one plain address (local@domain, no spaces "
+                               "or control characters)", email=email)
+    return email
+
+
 def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD:
         raise BadPasswordError(f"the password is shorter than {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise BadPasswordError(f"the password is longer than {MAX_PASSWORD} characters")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # stdin bytes that are not UTF-8 arrive as surrogates
+        raise BadPasswordError("the password is not valid UTF-8 text") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
+        raise BadPasswordError("the password holds a control character")
     if password != password.strip() or "\n" in password:
         raise BadPasswordError("the password starts or ends with white space or holds a line break")
     return password
@@ -174,6 +194,7 @@ class UserStore:
         check_name(name)
         if role not in ROLES:
             raise BadUserNameError(f"role {role!r} is not one of {', '.join(ROLES)}", role=role)
+        check_email(email)
         check_password(password)
         digest = _HASHER.hash(password)
 

@@ -8,7 +8,6 @@ writes a file.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Callable
@@ -182,11 +181,11 @@ class Admission:
         if len(raw) > limit:
             raise errors.ManifestTooLargeError(f"{path.name} grew past {limit} bytes", name=path.name,
                                                size=len(raw), limit=limit)
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise errors.InvalidJsonError(f"{path.name} is not valid JSON: {exc}", name=path.name) from None
-        return doc
+        from sealfuse.verifier.inputs import loads_strict
+
+        # duplicate keys and NaN/Infinity refused: two readers must not see two different jobs
+        return loads_strict(raw, duplicate=errors.InvalidJsonError, invalid=errors.InvalidJsonError,
+                            what=path.name, name=path.name)
 
     def manifest(self, path: Path, *, age: float, stable: Callable[[Path], bool]) -> Verdict:
         """Judge a manifest that is itself stable. `stable(p)` reports (and starts tracking) its media."""

@@ -5,12 +5,16 @@ A missing config file means defaults; an invalid one is a `WatchConfigError` nam
 
 from __future__ import annotations
 
+import math
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import jsonschema.validators
 
 from sealfuse.appliance.watch.errors import ConfigError
 
@@ -268,21 +272,56 @@ def _schema_message(err: jsonschema.ValidationError) -> str:
     return f"{where}: {err.message}"
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """An int (not a bool, not 2.0) that fits in 64 bits: what every consumer can take."""
+    return isinstance(instance, int) and not isinstance(instance, bool) and -(1 << 63) <= instance < (1 << 63)
+
+
+def _is_number(checker: Any, instance: Any) -> bool:
+    """A finite number: NaN passes every minimum/maximum check, so it is not a number here."""
+    if isinstance(instance, bool):
+        return False
+    return _is_integer(checker, instance) or (isinstance(instance, float) and math.isfinite(instance))
+
+
+# Draft 2020-12 counts 2.0 as an integer and NaN/inf as numbers; sealfuse's configs and job
+# manifests do not (a float concurrency or a NaN blend ratio would reach the code as such).
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {"integer": _is_integer, "number": _is_number}))
+
+
+def read_config_file(path: Path, what: str, error: Callable[..., Exception]) -> str:
+    """The UTF-8 text of a config file: a regular file of at most 1 MiB, else `error` naming it
+    (a FIFO or /dev/zero given as a config must not block or exhaust the reader)."""
+    from sealfuse.verifier.errors import VerificationError
+    from sealfuse.verifier.inputs import read_regular
+
+    try:
+        return read_regular(path, what, MAX_CONFIG_BYTES).decode("utf-8")
+    except VerificationError as exc:
+        raise error(f"cannot read {what} {path}: {exc.message}", path=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8: {exc}", path=str(path)) from None
+
+
 def validate(instance: Any, schema: dict[str, Any]) -> list[str]:
     """Every schema violation as 'dotted.path: message', most specific first; [] when valid."""
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = StrictValidator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: (list(e.absolute_path), e.message))
     return [_schema_message(e) for e in errors]
 
 
 def load_config(path: Path | None) -> WatchConfig:
     """Read and validate `path`; a missing file (or None) means the defaults."""
-    if path is None or not path.exists():
+    if path is None or not os.path.lexists(path):
         return WatchConfig()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WatchConfigError(f"cannot read config {path}: {exc}", path=str(path)) from exc
+        data = tomllib.loads(read_config_file(path, "config", WatchConfigError))
     except tomllib.TOMLDecodeError as exc:
         raise WatchConfigError(f"config {path} is not valid TOML: {exc}", path=str(path)) from exc
     problems = validate(data, CONFIG_SCHEMA)
