@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,19 @@ from sealfuse.appliance.release import Layout
 from sealfuse.verifier import VerificationError
 
 ROOT_HELP = "Install below this directory instead of / (systemctl calls are skipped) [default: /]."
+
+
+class _Seconds(click.FloatRange):
+    """A finite number of seconds, 0 to one day (NaN, infinities and negatives are usage errors)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+_SECONDS = _Seconds(0, 86400)
 
 
 def _emit(as_json: bool, doc: dict[str, Any], text: str) -> None:
@@ -66,9 +80,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.option("--allow-downgrade", is_flag=True,
               help="Accept a version at or below the installed one (audited).")
 @click.option("--no-start", is_flag=True, help="Install and switch, but do not restart the unit.")
-@click.option("--ready-timeout", type=float, default=180.0, show_default=True,
+@click.option("--ready-timeout", type=_SECONDS, default=180.0, show_default=True,
               help="Seconds to wait for the new release's READY before returning to the old one.")
-@click.option("--settle", type=float, default=3.0, show_default=True,
+@click.option("--settle", type=_SECONDS, default=3.0, show_default=True,
               help="Seconds the new release must stay up after READY.")
 @click.option("--python", "python", default="/usr/bin/python3", show_default=True,
               help="Interpreter the release venv is made from (outside /root: the unit runs it).")
@@ -105,8 +119,8 @@ def install(bundle: Path, root: Path, trust: Path | None, allow_downgrade: bool,
 @click.command(name="rollback", epilog=epilog(ROLLBACK_EXIT_CODES))
 @root_option
 @click.option("--to", "to", help="Version to return to [default: the previously active release].")
-@click.option("--ready-timeout", type=float, default=180.0, show_default=True)
-@click.option("--settle", type=float, default=3.0, show_default=True)
+@click.option("--ready-timeout", type=_SECONDS, default=180.0, show_default=True)
+@click.option("--settle", type=_SECONDS, default=3.0, show_default=True)
 @json_option
 def rollback(root: Path, to: str | None, ready_timeout: float, settle: float,
              as_json: bool) -> None:

@@ -83,12 +83,13 @@ def swap_file(source: SourceArg | None, target: Path, output: Path, options: Swa
     if video != is_video(output):
         raise ConfigError(f"output {output.name} must be a {'video' if video else 'image'} like the target",
                           target=target, output=output)
+    inputs = [target, *(source if isinstance(source, list | tuple) else [source])]
     if video:
         from sealfuse.engine.video import VIDEO_EXTS as allowed_video
 
-        check_output_path(output, {e: e for e in allowed_video})
+        check_output_path(output, {e: e for e in allowed_video}, inputs=inputs)
     else:
-        check_output_path(output)
+        check_output_path(output, inputs=inputs)
     check_label(options.label, options.label_corner)
     provenance = provenance or Provenance()
     unsigned = provenance.check(output)  # refuses before any work when signing is required and impossible

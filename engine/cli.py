@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import json as jsonlib
+import math
 import signal
 import sys
 import threading
@@ -36,6 +37,16 @@ D = SwapOptions()
 # The demo's colour source: t1.jpg's right-most face (frontal, evenly lit, no hair across the cheeks)
 DEMO_SOURCE, DEMO_SOURCE_POSITION = "t1.jpg", 5
 EXIT_HELP = "\b\n" + exit_code_help()
+
+
+class FiniteFloat(click.FloatRange):
+    """click.FloatRange that also refuses NaN and infinities (NaN passes every range comparison)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 def _csv(choices: tuple[str, ...]) -> Any:
@@ -110,17 +121,17 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
                    f"ArcFace recognizer. Licences: {_licences(SWAPPERS)}.")
 @click.option("--face-enhancer-model", type=click.Choice(ENHANCERS), default=D.face_enhancer_model, show_default=True,
               help=f"Licences: {_licences(ENHANCERS)}.")
-@click.option("--face-enhancer-blend", type=click.FloatRange(0, 1), default=D.face_enhancer_blend, show_default=True)
-@click.option("--face-enhancer-weight", type=click.FloatRange(0, 1), default=D.face_enhancer_weight, show_default=True,
+@click.option("--face-enhancer-blend", type=FiniteFloat(0, 1), default=D.face_enhancer_blend, show_default=True)
+@click.option("--face-enhancer-weight", type=FiniteFloat(0, 1), default=D.face_enhancer_weight, show_default=True,
               help="codeformer's fidelity weight: 0 favours restoration, 1 fidelity to the input.")
 @click.option("--face-detector-model", type=click.Choice(DETECTORS), default=D.face_detector_model, show_default=True,
               help="auto = scrfd_10g when present, else the starter blazeface (full range on the whole "
                    "image plus 640-px tiles for small faces, short range for close-ups). Behind BlazeFace, FaceMesh 468 gives every face its "
                    "mesh and five alignment points. mtcnn is the older starter detector (slower).")
-@click.option("--face-detector-score", type=click.FloatRange(0, 1), default=D.face_detector_score, show_default=True)
+@click.option("--face-detector-score", type=FiniteFloat(0, 1), default=D.face_detector_score, show_default=True)
 @click.option("--face-recognizer-model", type=click.Choice(RECOGNIZERS), default=D.face_recognizer_model,
               show_default=True, help="Needed by the inswapper family and by reference selection.")
-@click.option("--blend-ratio", type=click.FloatRange(0, 1), default=D.blend_ratio, show_default=True,
+@click.option("--blend-ratio", type=FiniteFloat(0, 1), default=D.blend_ratio, show_default=True,
               help="0 leaves the target unchanged, 1 shows the swapped face fully inside the mask.")
 @click.option("--face-mask-types", default=",".join(D.face_mask_types), show_default=True,
               callback=_csv(MASK_TYPES),
@@ -130,19 +141,19 @@ RECOGNIZERS = sorted(n for n, s in CATALOG.items() if s.family == "arcface")
               callback=_csv(MASK_REGIONS),
               help=f"Comma list of {', '.join(MASK_REGIONS)} (left/right: the subject's own). Leave out "
                    "eyes and mouth to keep the target's (glasses: parser only).")
-@click.option("--face-mask-blur", type=click.FloatRange(0, 1), default=D.face_mask_blur, show_default=True)
+@click.option("--face-mask-blur", type=FiniteFloat(0, 1), default=D.face_mask_blur, show_default=True)
 @click.option("--face-mask-padding", default="0,0,0,0", show_default=True, callback=_padding,
               help="Percent of the crop cut from top,right,bottom,left (1, 2 or 4 values).")
 @click.option("--face-selector-mode", type=click.Choice(SELECTOR_MODES), default=D.face_selector_mode, show_default=True,
               help="many = every face; one = the largest; reference = faces close to --reference-face-image.")
 @click.option("--reference-face-image", type=click.Path(path_type=Path), default=None)
-@click.option("--reference-face-distance", type=click.FloatRange(0, 2), default=D.reference_face_distance,
+@click.option("--reference-face-distance", type=FiniteFloat(0, 2), default=D.reference_face_distance,
               show_default=True, help="Cosine distance below which a face matches the reference.")
 @click.option("--execution-providers", default=",".join(D.execution_providers), show_default=True,
               callback=_csv(EXECUTION_PROVIDERS),
               help="Priority list of cuda, tensorrt, cpu. Missing accelerators fall back to CPU with a warning.")
 @click.option("--execution-threads", type=click.IntRange(1, 256), default=D.execution_threads, show_default=True)
-@click.option("--max-memory", "max_memory_gb", type=click.FloatRange(min=0.1), default=None,
+@click.option("--max-memory", "max_memory_gb", type=FiniteFloat(min=0.1), default=None,
               help="GPU memory limit in GB for the CUDA/TensorRT arena (gpu_mem_limit). Default: no limit.")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None,
               help=f"Directory of operator-supplied models and models.lock.json. Default: $SEALFUSE_MODELS_DIR, "

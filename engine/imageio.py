@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -106,7 +106,8 @@ def read_image(path: Path, *, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, ::-1])
 
 
-def check_output_path(path: Path, allowed: dict[str, str] | None = None) -> None:
+def check_output_path(path: Path, allowed: dict[str, str] | None = None,
+                      inputs: Iterable[Path | None] = ()) -> None:
     """Fail early (before any work) when the output cannot be written."""
     path = Path(path)
     allowed = IMAGE_EXTS if allowed is None else allowed
@@ -114,12 +115,23 @@ def check_output_path(path: Path, allowed: dict[str, str] | None = None) -> None
         raise OutputError(f"{path}: unsupported output extension {path.suffix!r} "
                           f"(use {', '.join(sorted(allowed))})", path=path)
     parent = path.parent
-    if not parent.is_dir():
-        raise OutputError(f"{path}: output directory {parent} does not exist", path=path)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: output directory {parent} is not writable", path=path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory", path=path)
+    try:
+        if not parent.is_dir():
+            raise OutputError(f"{path}: output directory {parent} does not exist", path=path)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"{path}: output directory {parent} is not writable", path=path)
+        if path.is_dir():
+            raise OutputError(f"{path}: is a directory", path=path)
+    except OSError as exc:  # a name too long, a loop of links, ...
+        raise OutputError(f"{path}: cannot be written ({exc.strerror})", path=path) from None
+    for other in inputs:
+        try:
+            same = other is not None and os.path.samefile(path, other)
+        except OSError:
+            same = False
+        if same:
+            raise OutputError(f"{path}: is the input {other}; the output never replaces an input",
+                              path=path, input=other)
 
 
 def write_image(path: Path, image_bgr: np.ndarray, *, quality: int = 95,

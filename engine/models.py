@@ -8,6 +8,8 @@ detects each source face and prepares each source identity once.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import threading
 import time
 from collections import OrderedDict, defaultdict
@@ -250,7 +252,11 @@ def _digest(path: Path) -> str:
     """sha256 of a file's bytes (the cache key of its face); unreadable files are read_image's to report."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK and a regular-file check first: a FIFO would block the open, /dev/zero never end
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return f"unreadable:{path}"
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     except OSError:

@@ -172,3 +172,53 @@ def test_users_add_refuses_unusable_passwords_and_addresses(tmp_path: Path, pass
     listed = CliRunner().invoke(main, ["users", "list", "--config", str(tmp_path / "none.toml"),
                                        "--state-dir", str(state), "--json"])
     assert "bob" not in listed.stdout
+
+
+# -- swap: options, inputs and outputs -------------------------------------------------------------
+@pytest.mark.parametrize(("option", "value"), [
+    ("--max-memory", "nan"), ("--max-memory", "inf"), ("--face-detector-score", "nan"),
+    ("--reference-face-distance", "nan"), ("--blend-ratio", "nan"),
+])
+def test_swap_refuses_nan_and_infinite_numbers_as_bad_options(tmp_path: Path, option: str,
+                                                               value: str) -> None:
+    result = CliRunner().invoke(main, ["swap", "--source", "a.jpg", "--target", "b.jpg", "--output",
+                                       str(tmp_path / "o.jpg"), option, value, "--json"])
+    assert result.exit_code == 2, result.output
+    assert "finite" in json.loads(result.stdout)["message"] or value == "nan"
+
+
+@pytest.mark.parametrize("option", ["--ready-timeout", "--settle"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_install_refuses_nan_infinite_or_negative_waits(tmp_path: Path, option: str, value: str) -> None:
+    result = CliRunner().invoke(main, ["install", str(tmp_path / "x.bundle"), "--root", str(tmp_path),
+                                       option, value])
+    assert result.exit_code == 2 and option in result.output, result.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_the_face_cache_key_never_reads_a_non_regular_source(tmp_path: Path, kind: str) -> None:
+    pytest.importorskip("numpy")
+    from sealfuse.engine.models import _digest
+
+    path = tmp_path / "s.jpg"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path(kind)
+    assert _digest(path).startswith("unreadable:")  # returns at once; read_image names the file
+
+
+def test_swap_output_never_replaces_an_input_and_long_names_are_output_errors(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    from sealfuse.engine.errors import OutputError
+    from sealfuse.engine.imageio import check_output_path
+
+    target = tmp_path / "t.jpg"
+    target.write_bytes(b"x")
+    (tmp_path / "alias.jpg").symlink_to(target)
+    for out in (target, tmp_path / "alias.jpg"):
+        with pytest.raises(OutputError, match="is the input"):
+            check_output_path(out, inputs=[tmp_path / "s.jpg", target])
+    with pytest.raises(OutputError, match="cannot be written"):
+        check_output_path(tmp_path / ("o" * 300 + ".jpg"))
+    check_output_path(tmp_path / "o.jpg", inputs=[target, None])
