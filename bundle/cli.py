@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -63,14 +63,32 @@ def _grants(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _matching(pattern: str, what: str) -> Any:
+    """A click callback: the value must fully match `pattern` (it becomes part of a file name)."""
+    import re
+
+    regex = re.compile(pattern)
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if not regex.fullmatch(value):
+            raise click.BadParameter(f"{value!r}: must be {what}")
+        return value
+
+    return check
+
+
 @bundle.command("build", epilog=_EPILOG)
 @click.option("--version", "version", required=True, help="Bundle version, dotted integers.")
 @click.option("--out-dir", default=".", show_default=True,
               type=click.Path(file_okay=False, path_type=Path))
-@click.option("--product", default="sealfuse", show_default=True)
+@click.option("--product", default="sealfuse", show_default=True,
+              callback=_matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "1-64 characters of A-Z a-z 0-9 . _ -"),
+              help="Product name (the trust file's); also the bundle file name's first part.")
 @click.option("--python-version", default="3.11", show_default=True,
+              callback=_matching(r"3\.[0-9]{1,3}", "CPython 3.X, e.g. 3.11"),
               help="Target CPython X.Y (the appliance's /usr/bin/python3).")
 @click.option("--platform", "platform_tag", default="manylinux_2_17_x86_64", show_default=True,
+              callback=_matching(r"[a-z0-9_]{1,64}", "a wheel platform tag: a-z 0-9 _"),
               help="Target wheel platform tag; its suffix gives the arch.")
 @click.option("--wheelhouse", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Directory of prepared wheels.")
@@ -112,7 +130,8 @@ def _grants(values: tuple[str, ...]) -> dict[str, str]:
               help="The appliance/ directory of `sealfuse provenance init` (chain.pem, signing.key): the "
                    "installer installs the key for C2PA signing. The bundle then holds a private key: "
                    "handle it as confidentially as the key.")
-@click.option("--expires-days", default=365, show_default=True, type=int)
+@click.option("--expires-days", default=365, show_default=True, type=click.IntRange(1, 36500),
+              help="Days from `created` to `expires` (1-36500).")
 @click.option("--json", "as_json", is_flag=True)
 def build(version: str, out_dir: Path, product: str, python_version: str, platform_tag: str,
           wheelhouse: Path | None, requirements: tuple[Path, ...], pip_no_deps: bool,

@@ -99,12 +99,10 @@ def add_sigstore(bundle: Path, sigstore_json: bytes) -> str:
     if SIGSTORE_NAME in contents.signature_files:
         raise DuplicateSignatureError("bundle already carries a sigstore bundle",
                                       path=SIGSTORE_NAME)
-    try:
-        import json
+    from sealfuse.verifier.inputs import loads_strict
 
-        json.loads(sigstore_json)
-    except ValueError as exc:
-        raise SigningError(f"sigstore bundle is not JSON: {exc}") from exc
+    # the same strict reading verify applies: no repeated keys, no NaN, no nesting past the stack
+    loads_strict(sigstore_json, duplicate=SigningError, invalid=SigningError, what="sigstore bundle")
     _rewrite(Path(bundle), contents, {SIGSTORE_NAME: sigstore_json})
     return SIGSTORE_NAME
 

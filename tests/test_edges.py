@@ -222,3 +222,42 @@ def test_swap_output_never_replaces_an_input_and_long_names_are_output_errors(tm
     with pytest.raises(OutputError, match="cannot be written"):
         check_output_path(tmp_path / ("o" * 300 + ".jpg"))
     check_output_path(tmp_path / "o.jpg", inputs=[target, None])
+
+
+# -- bundle build / sign, verify's options ---------------------------------------------------------
+@pytest.mark.parametrize(("option", "value"), [
+    ("--product", "../escaped"), ("--product", "a/b"), ("--python-version", "3.11/../../x"),
+    ("--platform", "../../x"), ("--expires-days", "0"), ("--expires-days", "-5"),
+    ("--expires-days", "99999999999"),
+])
+def test_bundle_build_refuses_names_that_leave_out_dir_and_impossible_lifetimes(
+        tmp_path: Path, option: str, value: str) -> None:
+    out = tmp_path / "out" / "deep"
+    out.mkdir(parents=True)
+    result = CliRunner().invoke(main, ["bundle", "build", "--version", "1.0", "--out-dir", str(out),
+                                       "--units-dir", str(tmp_path), "--hardening-dir", str(tmp_path),
+                                       option, value, "--json"])
+    assert result.exit_code == 2, result.output
+    assert json.loads(result.stdout)["reason"] == "usage_error"
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_verify_refuses_a_clock_skew_beyond_a_year(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "b"), "--trust", str(tmp_path / "t"),
+                                       "--clock-skew", "99999999999999", "--json"])
+    assert result.exit_code == 2 and "--clock-skew" in json.loads(result.stdout)["message"]
+
+
+@pytest.mark.parametrize("doc", [b'{"a": 1, "a": 2}', b'{"x": NaN}', b"[" * 100_000 + b"]" * 100_000])
+def test_bundle_sign_refuses_a_sigstore_bundle_verify_would_not_read(tmp_path: Path,
+                                                                    doc: bytes) -> None:
+    from tests.bundle.factory import BundleFactory
+
+    factory = BundleFactory(tmp_path / "f", n_keys=1, threshold=1)
+    bundle = factory.build(signers=(0,))
+    before = bundle.read_bytes()
+    sig = tmp_path / "sigstore.json"
+    sig.write_bytes(doc)
+    result = CliRunner().invoke(main, ["bundle", "sign", "--sigstore", str(sig), str(bundle)])
+    assert result.exit_code == 85, result.output
+    assert bundle.read_bytes() == before

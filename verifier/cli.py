@@ -141,7 +141,7 @@ def load_signing_key(key_path: Path, passphrase_file: Path | None) -> Any:
               help="Accept a version at or below --floor-version (reported as downgrade).")
 @click.option("--now", default=None, metavar="ISO",
               help="Time for the expiry and clock checks, ISO 8601. Default: the system clock.")
-@click.option("--clock-skew", type=click.IntRange(min=0), default=300, show_default=True,
+@click.option("--clock-skew", type=click.IntRange(0, 366 * 86400), default=300, show_default=True,
               metavar="SECONDS",
               help="How far the bundle's `created` may be ahead of the clock before it is "
                    "refused (CreatedInFutureError).")
