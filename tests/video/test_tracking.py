@@ -10,7 +10,7 @@ import pytest
 
 from sealfuse.engine.options import SwapOptions
 from sealfuse.engine.pipeline import Pipeline
-from sealfuse.engine.track import FaceTracker, OneEuro, TrackSelector
+from sealfuse.engine.track import FaceTracker, OneEuro, TrackSelector, _assign
 from sealfuse.engine.video import swap_video, transcode_video
 from tests.video.clips import (
     Sprite,
@@ -153,3 +153,20 @@ def test_one_euro_removes_jitter_without_lagging_behind_motion():
     g = OneEuro()
     moving = [g(np.array([10.0 * i, 0.0]), i / 30, 100.0) for i in range(60)]
     assert abs(moving[-1][0] - 590.0) < 10.0  # 10 px per frame; lag well under one frame's motion
+
+
+def test_assignment_is_the_minimum_cost_one_scipy_finds() -> None:
+    """The exhaustive small-problem assignment equals scipy's total cost (gated pairs included), one
+    column per row, on every shape up to 7 x 7 and past the exhaustive limit (scipy then does it)."""
+    linear_sum_assignment = pytest.importorskip("scipy.optimize").linear_sum_assignment
+    rng = np.random.default_rng(7)
+    shapes = [(int(n), int(m)) for n, m in rng.integers(1, 8, (400, 2))] + [(9, 9), (3, 12)]
+    for n, m in shapes:
+        cost = rng.random((n, m))
+        cost[rng.random((n, m)) < 0.3] = 10.0
+        rows, cols = _assign(cost)
+        r2, c2 = linear_sum_assignment(cost)
+        assert len(rows) == len(cols) == min(n, m)
+        assert len(set(rows.tolist())) == len(rows) and len(set(cols.tolist())) == len(cols)
+        assert list(rows) == sorted(rows)
+        assert cost[rows, cols].sum() == pytest.approx(cost[r2, c2].sum())
