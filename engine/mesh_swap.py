@@ -126,14 +126,24 @@ def _crop_geometry(mesh_xy: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _affines(dst: np.ndarray, src: np.ndarray, tri: np.ndarray) -> np.ndarray:
-    """(T, 2, 3) affine maps sending each triangle of `dst` onto the same triangle of `src`."""
-    d = np.concatenate([dst[tri], np.ones((len(tri), 3, 1))], axis=2)  # (T, 3, 3) rows: x, y, 1
-    s = src[tri]  # (T, 3, 2)
-    det = np.linalg.det(d)
+    """(T, 2, 3) affine maps sending each triangle of `dst` onto the same triangle of `src`.
+
+    In closed form (the inverse of each triangle's [x, y, 1] matrix by its adjugate): a batched
+    solve costs more than the whole map for a few hundred 3 x 3 systems. Degenerate triangles get 0.
+    """
+    d = dst[tri]  # (T, 3, 2)
+    s = src[tri]
+    x, y = d[..., 0], d[..., 1]
+    # adjugate rows of [[x0, y0, 1], [x1, y1, 1], [x2, y2, 1]] (its inverse is adj / det)
+    ax = y[:, [1, 2, 0]] - y[:, [2, 0, 1]]  # coefficient of x in the barycentric weights
+    ay = x[:, [2, 0, 1]] - x[:, [1, 2, 0]]
+    a1 = x[:, [1, 2, 0]] * y[:, [2, 0, 1]] - x[:, [2, 0, 1]] * y[:, [1, 2, 0]]
+    det = a1.sum(axis=1)
     ok = np.abs(det) > 1e-9
-    out = np.zeros((len(tri), 2, 3))
-    out[ok] = np.transpose(np.linalg.solve(d[ok], s[ok]), (0, 2, 1))
-    return out
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)[:, None]
+    # weight_i(p) = (ax_i * px + ay_i * py + a1_i) / det; the map is sum_i weight_i * src_i
+    w = np.stack([ax, ay, a1], axis=2) * inv[:, :, None]  # (T, 3 vertices, 3 coefficients)
+    return np.einsum("tvc,tvk->tkc", w, s)
 
 
 def _brow_cut(xy: np.ndarray, side: int) -> np.ndarray:
@@ -175,16 +185,24 @@ _YCC = np.array([[0.114, 0.587, 0.299], [-0.0813, -0.4187, 0.5], [0.5, -0.3313, 
 _YCC_INV = np.linalg.inv(_YCC)
 
 
+def _ycc_moments(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and spread (+1e-3) in YCrCb of (N, 3) BGR pixels, from their BGR mean and covariance
+    (one matrix product instead of converting every pixel)."""
+    x = px.astype(np.float64)
+    mean = x.mean(0)
+    cov = x.T @ x / len(x) - np.outer(mean, mean)
+    var = np.einsum("ij,jk,ik->i", _YCC, cov, _YCC)
+    return _YCC @ mean, np.sqrt(np.maximum(var, 0.0)) + 1e-3
+
+
 def _ycc_match(src: np.ndarray, dst: np.ndarray, core: np.ndarray) -> np.ndarray:
     """Like `_lab_match` in YCrCb, which is linear in BGR: the whole transfer is one 3x4 matrix
     applied with `cv2.transform` (video: about a tenth of the Lab round trip's cost)."""
     sel = core.astype(bool)
     if sel.sum() < 16:
         return src
-    s_px = src[sel].astype(np.float64) @ _YCC.T
-    d_px = dst[sel].astype(np.float64) @ _YCC.T
-    sm, ss = s_px.mean(0), s_px.std(0) + 1e-3
-    dm, ds = d_px.mean(0), d_px.std(0) + 1e-3
+    sm, ss = _ycc_moments(src[sel])
+    dm, ds = _ycc_moments(dst[sel])
     ratio = np.clip(ds / ss, 0.5, 2.0)
     a = _YCC_INV @ np.diag(ratio) @ _YCC
     b = _YCC_INV @ (dm - ratio * sm)
@@ -227,9 +245,10 @@ def mesh_swap(frame: np.ndarray, target_mesh: np.ndarray, source: MeshSource,
     # so where the target turns away its near side covers the far one
     ids = np.zeros((side, side), np.float32)
     order = np.argsort(-target_mesh[tri, 2].mean(axis=1))
-    corners = np.round(dst * 16).astype(np.int32)[tri]
-    for k in order.tolist():
-        cv2.fillConvexPoly(ids, corners[k], float(k + 1), cv2.LINE_8, 4)
+    corners = np.round(dst * 16).astype(np.int32)[tri[order]]
+    fill = cv2.fillConvexPoly
+    for poly, k in zip(list(corners), (order + 1).astype(np.float64).tolist(), strict=True):
+        fill(ids, poly, k, cv2.LINE_8, 4)
     hull = np.zeros((side, side), np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(np.round(dst).astype(np.int32)), 1)
     # pixels of the hull that no usable triangle covers (the source showed them edge-on) take the
