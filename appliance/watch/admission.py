@@ -23,7 +23,7 @@ from sealfuse.appliance.fsutil import (
     readlink_under,
 )
 from sealfuse.appliance.watch import errors
-from sealfuse.appliance.watch.config import MANIFEST_SCHEMA, WatchConfig, validate
+from sealfuse.appliance.watch.config import CANCEL_SCHEMA, MANIFEST_SCHEMA, WatchConfig, validate
 from sealfuse.appliance.watch.inbox import MANIFEST_SUFFIX
 from sealfuse.engine import IMAGE_EXTS, VIDEO_EXTS
 
@@ -53,6 +53,23 @@ class ClaimRequest:
     options: dict[str, Any]
     label: str | None = None
     client_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """A valid removal request: the job it names (by id or client_ref) and who asked."""
+
+    job_id: str | None
+    client_ref: str | None
+    requested_by: str | None
+
+
+def clean_requester(value: Any) -> str | None:
+    """The cancel file's `requested_by`, bounded (128 chars) with every non-printable character
+    replaced by `?`, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    return "".join(c if c.isprintable() else "?" for c in value[:128])
 
 
 @dataclass
@@ -186,6 +203,16 @@ class Admission:
         # duplicate keys and NaN/Infinity refused: two readers must not see two different jobs
         return loads_strict(raw, duplicate=errors.InvalidJsonError, invalid=errors.InvalidJsonError,
                             what=path.name, name=path.name)
+
+    def cancel(self, path: Path) -> CancelRequest:
+        """Read and validate a removal request (`inbox/<name>.cancel.json`) as strictly as a
+        manifest: the same entry checks, size limit, strict JSON; raises the DropError."""
+        doc = self.read_manifest(path)
+        problems = validate(doc, CANCEL_SCHEMA)
+        if problems:
+            raise errors.SchemaViolationError(f"{path.name} breaks the removal request schema: {problems[0]}",
+                                              name=path.name, problems=problems[:10])
+        return CancelRequest(doc.get("job_id"), doc.get("client_ref"), clean_requester(doc.get("requested_by")))
 
     def manifest(self, path: Path, *, age: float, stable: Callable[[Path], bool]) -> Verdict:
         """Judge a manifest that is itself stable. `stable(p)` reports (and starts tracking) its media."""

@@ -97,6 +97,22 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "anyOf": [{"required": ["source"]}, {"required": ["preset"]}],
 }
 
+# A producer's request to remove a job: inbox/<name>.cancel.json (see docs/watch-folder.md).
+CANCEL_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "sealfuse watch-folder removal request (*.cancel.json)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version"],
+    "properties": {
+        "version": {"const": 1},
+        "job_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}(?![\\s\\S])"},
+        "client_ref": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}(?![\\s\\S])"},
+        "requested_by": {"type": "string", "minLength": 1, "maxLength": 128},
+    },
+    "oneOf": [{"required": ["job_id"]}, {"required": ["client_ref"]}],
+}
+
 # [dispatch.slurm]: see sealfuse.appliance.watch.slurm.SlurmSettings and docs/cluster.md.
 SLURM_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.:,=+-]{1,128}$"}
 SLURM_SCHEMA: dict[str, Any] = {

@@ -23,7 +23,7 @@ from sealfuse.appliance.watch import errors
 from sealfuse.appliance.watch.admission import Admission
 from sealfuse.appliance.watch.config import WatchConfig
 from sealfuse.appliance.watch.dispatch import Dispatcher, DispatchEvent, JobRequest
-from sealfuse.appliance.watch.inbox import MANIFEST_SUFFIX, InboxWatcher
+from sealfuse.appliance.watch.inbox import CANCEL_SUFFIX, MANIFEST_SUFFIX, InboxWatcher
 from sealfuse.appliance.watch.jobs import JobBook
 from sealfuse.appliance.watch.local import WORKER_COMMAND, LocalDispatcher
 from sealfuse.appliance.watch.spool import Paths
@@ -187,6 +187,10 @@ class Daemon:
         for manifest in [p for p in tracks if p.parent == inbox and p.name.endswith(MANIFEST_SUFFIX)]:
             if manifest in tracks and self.watcher.stable(manifest):
                 referenced |= self._evaluate_manifest(manifest)
+        for request in [p for p in tracks if p.parent == inbox and p.name.endswith(CANCEL_SUFFIX)]:
+            referenced.add(request)
+            if request in tracks and self.watcher.stable(request):
+                self._judge(request, self._cancel)
         for path in list(tracks):
             if path not in tracks or path in referenced or not self.watcher.stable(path):
                 continue
@@ -194,6 +198,15 @@ class Daemon:
                 self._judge(path, lambda p: self._claim(self.admission.preset_drop(p)))
             elif not path.name.endswith(MANIFEST_SUFFIX):
                 self._judge(path, lambda p: self.admission.loose(p, age=self.watcher.age(p)))
+
+    def _cancel(self, path: Path) -> None:
+        """A removal request: apply it, then delete it (a bad or unknown one is quarantined)."""
+        assert self.book is not None
+        request = self.admission.cancel(path)
+        self.book.remove(request, self.dispatcher, drop=self._rel(path))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # inbox/<name>: a real directory of ours; the name itself is never followed
+        self.watcher.forget(path)
 
     def _judge(self, path: Path, decide: Any) -> None:
         seen = self.watcher.tracks[path].seen_wall
@@ -418,6 +431,8 @@ class Daemon:
     def shutdown(self) -> int:
         """Jobs still running past the grace period go back to the inbox; then close."""
         assert self.book is not None
+        if isinstance(self.dispatcher, LocalDispatcher):
+            self.dispatcher.stopping = True  # workers cancelled now are not restarted
         if self.dispatcher.keeps_jobs_across_restart:
             # Cluster jobs keep running and keep their claims; the next start adopts them.
             self.book.running.clear()

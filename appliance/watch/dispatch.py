@@ -74,7 +74,7 @@ class DispatchEvent:
 class Dispatcher(abc.ABC):
     """A backend that runs claimed jobs. The daemon's loop calls, in order: `start` once, then
     repeatedly `wait_fds` (for select), `poll`, `free_slots`/`submit`; `cancel` on shutdown past
-    the grace period; `stop` last. Raise `errors.StartupError` (exit code inside) when the
+    the grace period or on a removal request; `stop` last. Raise `errors.StartupError` (exit code inside) when the
     backend cannot work at all."""
 
     backend = "abstract"
@@ -111,7 +111,8 @@ class Dispatcher(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> None:
-        """Stop a running job now (its claim stays; the daemon requeues or fails it)."""
+        """Stop a running job now and forget it (no event follows; its claim stays and the daemon
+        requeues it at shutdown, or commits it as `removed` on a removal request)."""
 
     @abc.abstractmethod
     def running(self) -> dict[str, dict[str, Any]]:

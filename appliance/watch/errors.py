@@ -184,7 +184,19 @@ class OrphanMediaError(DropError):
     reason = "orphan_media"
 
 
+class UnknownJobError(DropError):
+    """A cancel file (`*.cancel.json`) names a job id or client_ref the daemon does not know."""
+
+    reason = "unknown_job"
+
+
 # ---------------------------------------------------------------- jobs failed after the claim
+class RemovedError(JobError):
+    """The job was removed on request (a `*.cancel.json`) while queued or running."""
+
+    reason = "removed"
+
+
 class DuplicateJobError(JobError):
     """The same content and options were already done or are running under another job id."""
 

@@ -22,6 +22,7 @@ from inotify_simple import flags as inotify_flags
 from sealfuse.appliance.fsutil import FollowError, listdir_under, lstat_under
 
 MANIFEST_SUFFIX = ".job.json"
+CANCEL_SUFFIX = ".cancel.json"  # a removal request (docs/watch-folder.md)
 REFUSED_RETRY_SECONDS = 60.0  # an entry the daemon could not handle is judged again after this
 WATCH_FLAGS = (inotify_flags.CLOSE_WRITE | inotify_flags.MOVED_TO | inotify_flags.CREATE
                | inotify_flags.MODIFY | inotify_flags.ATTRIB | inotify_flags.MOVED_FROM
@@ -215,7 +216,7 @@ class InboxWatcher:
     def pending_drops(self) -> int:
         """Entries that will become jobs or quarantines (loose media waiting for a manifest excluded)."""
         return sum(1 for p in self.tracks if p.parent != self.inbox or p.name.endswith(MANIFEST_SUFFIX)
-                   or p.name in self.presets)
+                   or p.name.endswith(CANCEL_SUFFIX) or p.name in self.presets)
 
     def handle_events(self) -> None:
         """Drain inotify without blocking and update the tracks."""

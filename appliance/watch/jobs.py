@@ -15,7 +15,7 @@ from sealfuse.appliance.audit import AuditLog
 from sealfuse.appliance.fsutil import rmtree_quiet, sha256_file
 from sealfuse.appliance.metrics import Metrics
 from sealfuse.appliance.watch import errors, spool
-from sealfuse.appliance.watch.admission import ClaimRequest
+from sealfuse.appliance.watch.admission import CancelRequest, ClaimRequest
 from sealfuse.appliance.watch.config import WatchConfig
 from sealfuse.appliance.watch.dispatch import Dispatcher, Placement
 from sealfuse.appliance.watch.inbox import utcnow
@@ -250,6 +250,99 @@ class JobBook:
         self.status.update(job_id, "failed", client_ref=client_ref, reason=err.reason, message=err.message)
         self.write_metrics(force=True)
 
+    # ---------------------------------------------------------------- removal on request
+    def remove(self, request: CancelRequest, dispatcher: Dispatcher, *, drop: str) -> None:
+        """Apply one removal request (`inbox/<name>.cancel.json`, already validated): every queued
+        or running job it names goes to failed/<id>/ as `removed`; a job already finished makes it
+        a recorded no-op; a name nobody knows raises UnknownJobError (the request is quarantined)."""
+        by = request.requested_by
+        targets = [(job, "queued") for job in self.queue if _names(request, job)]
+        targets += [(job, "running") for job in self.running.values() if _names(request, job)]
+        if not targets:
+            finished = self._finished(request)
+            if not finished:
+                what = f"job {request.job_id}" if request.job_id else f"client_ref {request.client_ref}"
+                raise errors.UnknownJobError(f"the removal request names {what}, which is not a known job",
+                                             job_id=request.job_id, client_ref=request.client_ref,
+                                             requested_by=by)
+            for job_id, why in finished:
+                self.audit.append("cancel_noop", job=job_id, reason=why, requested_by=by, drop=drop,
+                                  client_ref=request.client_ref)
+            return
+        for job, was in targets:
+            if was == "queued":
+                self.queue.remove(job)
+            else:
+                # Stop it first (local: the worker is killed and reaped; Slurm: scancel). The commit
+                # token then decides: a run that committed first wins and the removal is a no-op.
+                dispatcher.cancel(job.job_id)
+                self.running.pop(job.job_id, None)
+            self._commit_removal(job, was, by, drop)
+
+    def _commit_removal(self, job: Job, was: str, by: str | None, drop: str) -> None:
+        err = errors.RemovedError(f"removed on request{f' by {by}' if by else ''} while {was}",
+                                  requested_by=by, was=was, request=drop)
+        try:
+            committed = spool.commit_failed(self.root, job, err)
+        except errors.CommitFailedError:
+            self.fail(job, err)  # records commit_failed; the claim stays for the next start
+            return
+        if not committed:
+            self._removal_lost(job, by, drop)
+            return
+        self.db.upsert(job.job_id, key=job.key or None, state="removed", reason=err.reason)
+        self.audit.append("removed", job=job.job_id, requested_by=by, was=was, request=drop,
+                          client_ref=job.client_ref)
+        self.metrics.job_finished("removed", err.reason, None)
+        self.status.update(job.job_id, "removed", client_ref=job.client_ref, reason=err.reason,
+                           message=err.message)
+        rmtree_quiet(self.paths.jobs_tmp / job.job_id)
+        self.write_metrics(force=True)
+
+    def _removal_lost(self, job: Job, by: str | None, drop: str) -> None:
+        """The job committed before the removal took the token (a compute node's `run-job`
+        finished it): the removal is a no-op and the job's own outcome is recorded."""
+        result_file = self.root / "outbox" / job.job_id / "result.json"
+        if not result_file.is_file():
+            self.audit.append("cancel_noop", job=job.job_id, reason="already_committed", requested_by=by,
+                              drop=drop)
+            return
+        self.audit.append("cancel_noop", job=job.job_id, reason="already_done", requested_by=by, drop=drop)
+        try:
+            result = json.loads(result_file.read_text())
+        except (OSError, ValueError):
+            result = {}
+        dispatch = result.get("dispatch") if isinstance(result.get("dispatch"), dict) else {}
+        output = result.get("output") if isinstance(result.get("output"), dict) else {}
+        self.complete(job, result.get("report") or {}, float(result.get("seconds") or 0.0), committed=True,
+                      placement={**dispatch, "output_sha256": output.get("sha256")})
+
+    def _finished(self, request: CancelRequest) -> list[tuple[str, str]]:
+        """(job id, why the removal does nothing) for finished jobs the request names."""
+        final = {"done": "already_done", "failed": "already_failed", "duplicate": "already_failed",
+                 "removed": "already_removed"}
+        if request.job_id:
+            row = self.db.get(request.job_id)
+            if row is not None and row["state"] in final:
+                return [(request.job_id, final[row["state"]])]
+            if (self.root / "outbox" / request.job_id).is_dir():
+                return [(request.job_id, "already_done")]
+            if (self.root / "failed" / request.job_id).is_dir():
+                return [(request.job_id, "already_failed")]
+            return []
+        found = []
+        for path in sorted(self.paths.status.glob("*.json")):
+            try:
+                with path.open("rb") as handle:
+                    doc = json.loads(handle.read(65536))
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and doc.get("client_ref") == request.client_ref:
+                state = doc.get("state")
+                if state in final and isinstance(doc.get("job_id"), str):
+                    found.append((doc["job_id"], final["removed" if state == "removed" else state]))
+        return found
+
     def requeue_all(self) -> None:
         """Graceful stop: hand every queued job back to the inbox."""
         for job in self.queue:
@@ -261,6 +354,13 @@ class JobBook:
             else:
                 self.audit.append("requeue_blocked", job=job.job_id)
         self.queue.clear()
+
+
+def _names(request: CancelRequest, job: Job) -> bool:
+    """The removal request names this job (by id, or by the manifest's client_ref)."""
+    if request.job_id is not None:
+        return job.job_id == request.job_id
+    return request.client_ref is not None and job.client_ref == request.client_ref
 
 
 def _since(iso: str | None) -> float | None:

@@ -70,10 +70,17 @@ class LocalDispatcher(Dispatcher):
         return [w.fileno() for w in self.workers if w.alive()]
 
     def cancel(self, job_id: str) -> None:
+        """Kill (and reap) the worker running `job_id`; unless the pool is stopping, start a
+        fresh worker in its place (reported as `worker_restarted`, reason `cancelled`)."""
         for w in self.workers:
             if w.job is not None and w.job.job_id == job_id:
                 w.kill()
                 w.job = None
+                if not self.stopping:
+                    desc = w.exit_description()
+                    w.start()
+                    self._events.append(DispatchEvent("worker_restarted", job_id,
+                                                      info={"reason": "cancelled", **desc}))
 
     def stop(self) -> None:
         self.stopping = True

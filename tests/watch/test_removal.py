@@ -1,0 +1,148 @@
+"""Removal on request (`inbox/<name>.cancel.json`) against a real daemon and worker: a running job
+is stopped and lands in failed/ as `removed` while the next job runs; a queued job is removed
+before it starts; a finished job's removal is a recorded no-op; bad requests are quarantined with
+their reason; a removal racing a commit never leaves both outbox/ and failed/."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sealfuse.appliance.watch import errors, spool
+from tests.watch.watchlib import WatchEnv, drop_bytes, png_variant, wait_for
+
+
+def cancel(env: WatchEnv, name: str, **doc: Any) -> Path:
+    """Producer protocol for a removal request: write under a dot name, rename into place."""
+    return drop_bytes(json.dumps({"version": 1, **doc}).encode(), env.inbox / f"{name}.cancel.json")
+
+
+def status(env: WatchEnv, job_id: str) -> dict[str, Any]:
+    path = env.spool / "status" / f"{job_id}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def claimed(env: WatchEnv) -> dict[str, str]:
+    """drop path -> job id, from the audit log."""
+    return {e["drop"][-1]: e["job"] for e in env.events("claimed")}
+
+
+def test_running_and_queued_jobs_are_removed_and_the_next_job_runs(watch_env: WatchEnv) -> None:
+    env = watch_env
+    proc = env.start()
+    env.wait_ready()
+    png_variant(env.hanks, env.inbox / "tom" / "a__hang__.png", 1)
+    ids = wait_for(lambda: claimed(env).get("inbox/tom/a__hang__.png"), 30, "the hanging job's claim")
+    hang = ids
+    wait_for(lambda: status(env, hang).get("state") == "running", 30, "the hanging job to run")
+    png_variant(env.hanks, env.inbox / "tom" / "b.png", 2)  # concurrency 1: waits behind the hang
+    queued = wait_for(lambda: claimed(env).get("inbox/tom/b.png"), 30, "the second job's claim")
+    assert status(env, queued)["state"] == "queued"
+
+    cancel(env, "q", job_id=queued, requested_by="alice\x1b[31m")  # queued: removed before it starts
+    wait_for(lambda: status(env, queued).get("state") == "removed", 30, "the queued job's removal")
+    assert not env.events("started_job") or all(e["job"] != queued for e in env.events("started_job"))
+    assert status(env, hang)["state"] == "running"
+
+    cancel(env, "r", job_id=hang, requested_by="bob")  # running: the worker is stopped
+    wait_for(lambda: status(env, hang).get("state") == "removed", 30, "the running job's removal")
+    png_variant(env.hanks, env.inbox / "tom" / "c.png", 3)
+    wait_for(lambda: env.events("done"), 120, "the next job to run")
+
+    done_id = claimed(env)["inbox/tom/c.png"]
+    cancel(env, "late", job_id=done_id)  # finished: a recorded no-op
+    wait_for(lambda: env.events("cancel_noop"), 30, "the no-op removal")
+    proc.terminate()
+    assert proc.wait(60) == 0
+
+    for job_id, was, who in ((queued, "queued", "alice?[31m"), (hang, "running", "bob")):
+        err = json.loads((env.spool / "failed" / job_id / "error.json").read_text())
+        assert err["reason"] == "removed" and err["evidence"]["requested_by"] == who
+        assert err["evidence"]["was"] == was
+        assert (env.spool / "failed" / job_id / "input").is_dir()  # the inputs are kept
+        assert not (env.spool / "outbox" / job_id).exists()
+        st = status(env, job_id)
+        assert st["state"] == "removed" and st["reason"] == "removed"
+    removed = {e["job"]: e for e in env.events("removed")}
+    assert set(removed) == {queued, hang}
+    assert removed[hang]["requested_by"] == "bob" and removed[hang]["was"] == "running"
+    restarts = [e for e in env.events("worker_restarted") if e.get("reason") == "cancelled"]
+    assert [e["job"] for e in restarts] == [hang]
+    assert [e["job"] for e in env.events("done")] == [done_id]
+    noop = env.events("cancel_noop")
+    assert [(e["job"], e["reason"]) for e in noop] == [(done_id, "already_done")]
+    assert (env.spool / "outbox" / done_id).is_dir()
+    assert not list(env.inbox.glob("*.cancel.json"))  # requests never linger
+    assert env.residue() == []
+
+
+def test_bad_removal_requests_are_quarantined_with_their_reason(watch_env: WatchEnv) -> None:
+    env = watch_env
+    env.inbox.mkdir(parents=True, exist_ok=True)
+    drop_bytes(b'{"version": 1, "job_id": "x"', env.inbox / "trunc.cancel.json")
+    drop_bytes(b'{"version": 1, "job_id": "a", "job_id": "b"}', env.inbox / "dupkey.cancel.json")
+    cancel(env, "both", job_id="a", client_ref="b")
+    cancel(env, "extra", job_id="a", force=True)
+    cancel(env, "escape", job_id="../outbox/x")
+    cancel(env, "long", job_id="a", requested_by="x" * 129)
+    cancel(env, "unknown", job_id="20990101T000000-nope-abcdef")
+    cancel(env, "unknownref", client_ref="order-1")
+    drop_bytes(b'{"version": 1, "job_id": "' + b"a" * 70000 + b'"}', env.inbox / "big.cancel.json")
+    os.symlink("/etc/passwd", env.inbox / "link.cancel.json")
+    result = env.run_once()
+    assert result.returncode == 0, result.stdout.decode()[-2000:]
+    assert env.reasons() == {
+        "inbox/trunc.cancel.json": "invalid_json", "inbox/dupkey.cancel.json": "invalid_json",
+        "inbox/both.cancel.json": "schema_violation", "inbox/extra.cancel.json": "schema_violation",
+        "inbox/escape.cancel.json": "schema_violation", "inbox/long.cancel.json": "schema_violation",
+        "inbox/unknown.cancel.json": "unknown_job", "inbox/unknownref.cancel.json": "unknown_job",
+        "inbox/big.cancel.json": "manifest_too_large", "inbox/link.cancel.json": "symlink",
+    }
+    assert not env.events("removed")
+    assert env.residue() == []
+
+
+# ---------------------------------------------------------------- the commit race, process against process
+def _commit_done(root: str, job_id: str, produced: str, go: Any, out: Any) -> None:
+    go.wait()
+    out.put(("done", spool.commit_done(Path(root), job_id, Path(produced),
+                                       {"output": {"name": "out.png"}}) is not None))
+
+
+def _commit_removed(root: str, record: dict[str, Any], go: Any, out: Any) -> None:
+    job = spool.job_from_claim(record, Path(root) / "work" / record["job_id"], {})
+    go.wait()
+    out.put(("removed", spool.commit_failed(Path(root), job, errors.RemovedError("removed on request"))))
+
+
+@pytest.mark.parametrize("round_", range(12))
+def test_a_removal_racing_a_commit_ends_the_job_exactly_once(tmp_path: Path, round_: int) -> None:
+    root = tmp_path / "spool"
+    for d in ("inbox", "work", "outbox", "failed"):
+        (root / d).mkdir(parents=True)
+    (root / "inbox" / "t.png").write_bytes(b"target")
+    record = spool.claim(root, [("target", root / "inbox" / "t.png")], kind="preset", preset="tom",
+                         options={}, label=None, client_ref=None, seen="now")
+    produced = tmp_path / "out.png"
+    produced.write_bytes(b"result")
+    ctx = multiprocessing.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_commit_done, args=(str(root), record["job_id"], str(produced), go, out)),
+             ctx.Process(target=_commit_removed, args=(str(root), record, go, out))]
+    for p in procs[:: 1 if round_ % 2 else -1]:
+        p.start()
+    go.set()
+    wins = dict(out.get(timeout=30) for _ in procs)
+    for p in procs:
+        p.join(30)
+    job_id = record["job_id"]
+    in_outbox, in_failed = (root / "outbox" / job_id).is_dir(), (root / "failed" / job_id).is_dir()
+    assert sum(wins.values()) == 1 and in_outbox != in_failed
+    assert in_outbox == wins["done"] and in_failed == wins["removed"]
+    assert not (root / "work" / job_id).exists()
+    assert [p.name for d in ("outbox", "failed") for p in (root / d).iterdir() if p.name.startswith(".")] == []
