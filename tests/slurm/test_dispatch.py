@@ -265,6 +265,35 @@ def test_a_run_cancelled_again_after_its_retry_fails_with_the_reason(sw: SlurmWa
     assert 'sealfuse_jobs_total{outcome="failed",reason="cancelled"} 1.0' in prom
 
 
+def test_a_removal_request_scancels_the_running_slurm_job_and_it_ends_once_as_removed(sw: SlurmWatch) -> None:
+    sw.configure(retries=1, retry_on=["cancelled", "killed"])  # a removal is never resubmitted
+    sw.start()
+    env = sw.env
+    png_variant(env.hanks, env.inbox / "tom" / "r__slow__.png", 83)
+    job_id = wait_for(lambda: sw.job_ids().get("inbox/tom/r__slow__.png"), 30, "the claim")
+    slurm_id = sw.wait_running(job_id)
+    tmp = env.inbox / ".rm.cancel.json"
+    tmp.write_text(json.dumps({"version": 1, "job_id": job_id, "requested_by": "console:alice"}))
+    os.rename(tmp, env.inbox / "rm.cancel.json")
+    wait_for(lambda: env.events("removed"), 30, "the removal")
+    wait_for(lambda: sw.slurm.job_field(slurm_id, "JobState") == "CANCELLED", 30, "scancel")
+    wait_for(lambda: not _runjob_pids(job_id), 30, "the run on the node to end")
+    sw.hold.unlink()  # had the run survived, it would try to commit now
+    png_variant(env.hanks, env.inbox / "tom" / "next.png", 84)
+    wait_for(lambda: env.events("done"), 120, "the next job")
+    sw.stop()
+    err = env.failed()["inbox/tom/r__slow__.png"]
+    assert err["job_id"] == job_id and err["reason"] == "removed"
+    assert err["evidence"]["requested_by"] == "console:alice" and err["evidence"]["was"] == "running"
+    assert not (env.spool / "outbox" / job_id).exists() and len(env.failed()) == 1
+    assert [e["job"] for e in env.events("removed")] == [job_id]
+    assert [e["job"] for e in env.events("done")] == [sw.job_ids()["inbox/tom/next.png"]]
+    assert not env.events("resubmitted") and not env.events("failed") and sw.slurm_ids(job_id) == [slurm_id]
+    status = json.loads((env.spool / "status" / f"{job_id}.json").read_text())
+    assert status["state"] == "removed" and status["dispatch"]["slurm_job_id"] == slurm_id
+    assert not list(env.inbox.glob("*.cancel.json"))
+
+
 @pytest.mark.slow
 def test_a_job_over_its_slurm_time_limit_fails_with_timeout(sw: SlurmWatch) -> None:
     sw.configure(time_limit_minutes=1, retries=1)
