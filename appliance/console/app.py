@@ -47,6 +47,7 @@ from sealfuse.appliance.console.auth import (
 from sealfuse.appliance.console.config import ConsoleConfig
 from sealfuse.appliance.console.feed import ChangeFeed
 from sealfuse.appliance.console.jobs import (
+    ACTIVE_STATES,
     FINAL_STATES,
     IMAGE_EXTS,
     MANIFEST_SUFFIX,
@@ -602,7 +603,15 @@ async def job_delete_form(request: Request) -> Response:
     return RedirectResponse(f"/jobs/{rec.ref}", status_code=303)
 
 
-async def _delete(c: Console, user: User, rec: JobRecord) -> list[str]:
+async def _delete(c: Console, user: User, rec: JobRecord) -> list[str] | None:
+    """Delete a job's media; a job still queued or running is first removed by the watch daemon
+    (a removal request; None is returned and its media can be deleted once it shows `removed`)."""
+    view = await anyio.to_thread.run_sync(c.spool.view, rec)
+    if view["state"] in ACTIVE_STATES:
+        request = await anyio.to_thread.run_sync(c.spool.request_removal, rec, f"console:{user.name}")
+        c.audit("console_remove", user=user.name, ref=rec.ref, job=rec.job_id, state=view["state"],
+                request=f"inbox/{request}")
+        return None
     removed, kept = await anyio.to_thread.run_sync(c.spool.delete_media, rec)
     c.audit("console_delete", user=user.name, ref=rec.ref, job=rec.job_id, removed=removed, kept=kept)
     if kept:
@@ -762,7 +771,8 @@ async def api_delete(request: Request) -> Response:
     c.check_csrf(request, s, None)
     rec = c.job(user, request.path_params["ref"])
     removed = await _delete(c, user, rec)
-    return JSONResponse({"ok": True, "ref": rec.ref, "removed": removed})
+    return JSONResponse({"ok": True, "ref": rec.ref, "removed": removed or [],
+                         "removal_requested": removed is None})
 
 
 async def api_audit(request: Request) -> Response:

@@ -39,6 +39,8 @@ MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                ".webm": "video/webm"}
 ROLES = ("source", "target", "reference")
 MANIFEST_SUFFIX = ".job.json"
+CANCEL_SUFFIX = ".cancel.json"  # a removal request to the watch daemon (docs/watch-folder.md)
+ACTIVE_STATES = ("queued", "running")  # a delete of such a job asks the daemon to remove it
 REF_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ABS_PATH = re.compile(r"(?<![\w.])(/[^\s:'\"]+)")
 FILE_MODE = 0o640  # the daemon reads drops through the producers' group
@@ -59,6 +61,7 @@ REASON_TEXT: dict[str, str] = {
     "unsupported_extension": "A file type is not supported.",
     "bad_options": "The chosen options do not work together.",
     "duplicate": "The same job (same files and options) was submitted before.",
+    "removed": "The job was removed on request before it finished.",
     "timeout": "The job took longer than the appliance allows.",
     "memory_limit": "The job needed more memory than the appliance allows.",
     "worker_crashed": "The face-swap worker crashed on this job.",
@@ -343,7 +346,8 @@ class Spool:
                      output_size=out.get("size"), finished=result.get("finished"))
             v["progress"] = {**v["progress"], "fraction": 1.0}
         elif error is not None:
-            v.update(state="failed", reason=error.get("reason"), message=error.get("message"),
+            v.update(state="removed" if error.get("reason") == "removed" else "failed",
+                     reason=error.get("reason"), message=error.get("message"),
                      finished=(error.get("timestamps") or {}).get("failed"))
         elif not status and jid is None:
             v["state"] = "submitted" if (self.inbox / rec.manifest).exists() else "queued"
@@ -352,7 +356,7 @@ class Spool:
             v["output_kind"] = "video" if ext in VIDEO_EXTS else "image"
         if rec.media_deleted and v["state"] == "done":
             v["output_kind"] = None
-        v["reason_text"] = reason_text(v["reason"]) if v["state"] == "failed" else None
+        v["reason_text"] = reason_text(v["reason"]) if v["state"] in ("failed", "removed") else None
         if v.get("message"):  # the daemon's message names paths on the appliance: keep file names only
             v["message"] = ABS_PATH.sub(lambda m: m.group(1).rsplit("/", 1)[-1], str(v["message"]))
         return v
@@ -369,6 +373,30 @@ class Spool:
         except OSError:
             return None
         return path if stat.S_ISREG(st.st_mode) else None
+
+    def request_removal(self, rec: JobRecord, requested_by: str) -> str:
+        """Ask the watch daemon to remove a queued or running job: write
+        `inbox/<ref>.cancel.json` under a dot name and rename it into place (the daemon stops the
+        job and moves it to failed/<job-id>/ as `removed`). Returns the request's inbox name."""
+        doc: dict[str, Any] = {"version": 1, "requested_by": requested_by[:128]}
+        if rec.job_id:
+            doc["job_id"] = rec.job_id
+        else:
+            doc["client_ref"] = rec.ref
+        name = f"{rec.ref}{CANCEL_SUFFIX}"
+        tmp = self.inbox / f".{name}.partial"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by an interrupted request
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            os.write(fd, json.dumps(doc, sort_keys=True).encode())
+            os.fchmod(fd, FILE_MODE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.inbox / name)
+        fsync_dir(self.inbox)
+        return name
 
     def delete_media(self, rec: JobRecord) -> tuple[list[str], list[str]]:
         """Remove the job's media (result, retained or quarantined inputs, unclaimed drops); the

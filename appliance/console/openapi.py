@@ -56,7 +56,8 @@ OPENAPI: dict[str, Any] = {
             "summary": "Download the result (submitters: own jobs; reviewers: all)", "parameters": _REF,
             "responses": {"200": {"description": "the image or video"}, "404": _ERR, "410": _ERR}}},
         "/api/v1/jobs/{ref}/media": {"delete": {
-            "summary": "Delete the job's media (result and inputs); the record stays", "parameters": _REF,
+            "summary": "Delete the job's media (result and inputs); the record stays. A job still queued or running "
+                       "is removed first (`removal_requested`: true; it then shows state `removed`)", "parameters": _REF,
             "responses": {"200": {"description": "removed files"}, "404": _ERR}}},
         "/api/v1/audit": {"get": {"summary": "Audit log tail and chain check (auditor, admin)",
                                   "responses": {"200": {"description": "entries"}, "403": _ERR}}},

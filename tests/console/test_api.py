@@ -136,3 +136,46 @@ def test_a_job_the_engine_refuses_shows_its_reason_in_words(watch_env: WatchEnv,
     assert final["reason"] == "no_face_in_target"
     assert final["reason_text"] == "No face was found in the target."
     wait_for(lambda: env.request("GET", f"/jobs/{ref}", token=token).status in (200, 303), 5, "page")
+
+
+def test_deleting_a_queued_job_asks_the_daemon_to_remove_it(watch_env: WatchEnv, console_env: ConsoleEnv,
+                                                            tmp_path: Path, hanks_png: Path, t1_jpg: Path) -> None:
+    env = console_env
+    watch_env.start()
+    watch_env.wait_ready()
+    png_variant(hanks_png, watch_env.inbox / "tom" / "busy__hang__.png", 5)  # holds the only worker
+    wait_for(lambda: watch_env.events("started_job"), 30, "the worker to be busy")
+    token = env.login("alice")
+    target = png_variant(t1_jpg, tmp_path / "scene.png", 2).read_bytes()
+    r = env.submit(token, [("source", ("hanks.png", hanks_png.read_bytes(), "image/png")),
+                           ("target", ("scene.png", target, "image/png"))])
+    assert r.status == 201, r.text
+    ref = r.json()["ref"]
+
+    def state() -> str:
+        return env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()["state"]
+
+    wait_for(lambda: state() == "queued", 30, "the console job to be queued")
+    assert env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=env.login("bob")).status == 404
+    d = env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=token)
+    assert d.status == 200, d.text
+    assert d.json() == {"ok": True, "ref": ref, "removed": [], "removal_requested": True}
+    wait_for(lambda: state() == "removed", 30, "the daemon to remove the job")
+    view = env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()
+    assert view["reason"] == "removed" and view["reason_text"] == "The job was removed on request before it finished."
+    job_id = view["job_id"]
+    err = json.loads((env.spool / "failed" / job_id / "error.json").read_text())
+    assert err["reason"] == "removed" and err["evidence"]["requested_by"] == "console:alice"
+    assert err["client_ref"] == ref and not (env.spool / "outbox" / job_id).exists()
+    (removed,) = [e for e in watch_env.events("removed") if e["job"] == job_id]
+    assert removed["requested_by"] == "console:alice" and removed["was"] == "queued"
+    wait_for(lambda: not [n for n in env.inbox_entries() if n.endswith(".cancel.json")], 10,
+             "the removal request to be consumed")
+    page = env.request("GET", f"/jobs/{ref}", token=token)
+    assert "Removed" in page.text and "removed on request" in page.text
+    # Once removed, a delete removes its media from failed/<id>/input/ like any finished job's.
+    d = env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=token)
+    assert d.status == 200 and d.json()["removal_requested"] is False
+    assert any(p.startswith(f"failed/{job_id}/input/") for p in d.json()["removed"]), d.json()
+    trail = [(e["event"], e.get("user"), e.get("state")) for e in env.audit() if e["event"] == "console_remove"]
+    assert trail == [("console_remove", "alice", "queued")]
