@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ def status(env: WatchEnv, job_id: str) -> dict[str, Any]:
 
 
 def claimed(env: WatchEnv) -> dict[str, str]:
-    """drop path -> job id, from the audit log."""
-    return {e["drop"][-1]: e["job"] for e in env.events("claimed")}
+    """drop path (every file of the drop) -> job id, from the audit log."""
+    return {d: e["job"] for e in env.events("claimed") for d in e["drop"]}
 
 
 def test_running_and_queued_jobs_are_removed_and_the_next_job_runs(watch_env: WatchEnv) -> None:
@@ -146,3 +147,42 @@ def test_a_removal_racing_a_commit_ends_the_job_exactly_once(tmp_path: Path, rou
     assert in_outbox == wins["done"] and in_failed == wins["removed"]
     assert not (root / "work" / job_id).exists()
     assert [p.name for d in ("outbox", "failed") for p in (root / d).iterdir() if p.name.startswith(".")] == []
+
+
+def test_removals_racing_running_jobs_end_each_job_exactly_once(watch_env: WatchEnv) -> None:
+    env = watch_env
+    env.write_config({"concurrency": 2})
+    proc = env.start(SEALFUSE_TEST_SLOW_SECONDS="0.3")
+    env.wait_ready()
+    n = 6
+    for i in range(n):
+        drop_bytes(env.hanks.read_bytes(), env.inbox / f"s{i}.png")
+        png_variant(env.hanks, env.inbox / f"t{i}__slow__.png", 40 + i)
+        drop_bytes(json.dumps({"version": 1, "source": f"s{i}.png", "target": f"t{i}__slow__.png",
+                               "client_ref": f"race-{i}"}).encode(), env.inbox / f"j{i}.job.json")
+    for i in range(n):  # each request lands at another moment of its job: running, finishing, done
+        job_id = wait_for(lambda i=i: claimed(env).get(f"inbox/j{i}.job.json"), 30, f"job {i}'s claim")
+        wait_for(lambda j=job_id: status(env, j).get("state") in ("running", "done"), 60, f"job {i} to run")
+        time.sleep(0.1 * i)
+        cancel(env, f"race-{i}", client_ref=f"race-{i}", requested_by="racer")
+    jobs = {i: claimed(env)[f"inbox/j{i}.job.json"] for i in range(n)}
+    wait_for(lambda: all((env.spool / "outbox" / j).exists() or (env.spool / "failed" / j).exists()
+                         for j in jobs.values()) and not list(env.inbox.glob("*.cancel.json")), 120,
+             "every job to end")
+    proc.terminate()
+    assert proc.wait(60) == 0
+    removed = {e["job"] for e in env.events("removed")}
+    done = {e["job"] for e in env.events("done")}
+    noop = {e["job"] for e in env.events("cancel_noop")}
+    unknown = {e["job"] for e in env.events("failed") if e.get("reason") == "unknown_job"}
+    for i, job_id in jobs.items():
+        in_outbox, in_failed = (env.spool / "outbox" / job_id).is_dir(), (env.spool / "failed" / job_id).is_dir()
+        assert in_outbox != in_failed, (i, job_id)
+        if in_failed:
+            assert job_id in removed and job_id not in done
+            assert status(env, job_id)["state"] == "removed"
+        else:
+            assert job_id in done and job_id not in removed and job_id in noop
+            assert status(env, job_id)["state"] == "done"
+    assert not unknown and len(env.events("cancel_noop")) + len(removed) == n
+    assert env.residue() == []
