@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.console.consolelib import PASSWORD, ConsoleEnv
-from tests.watch.watchlib import WatchEnv, png_variant
+from tests.watch.watchlib import WatchEnv, png_variant, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -91,3 +91,42 @@ def test_sign_in_submit_follow_and_download_in_chromium(browser, watch_env: Watc
     assert row.locator(".badge").text_content().strip() == "Done"
     page.screenshot(path=str(shots / "jobs.png"), full_page=True)
     ctx.close()
+
+
+def test_removing_a_queued_job_in_chromium(browser, watch_env: WatchEnv, console_env: ConsoleEnv,
+                                           tmp_path: Path, hanks_png: Path, t1_jpg: Path) -> None:
+    env = console_env
+    shots = shots_dir(tmp_path)
+    watch_env.start()
+    watch_env.wait_ready()
+    png_variant(hanks_png, watch_env.inbox / "tom" / "busy__hang__.png", 9)  # holds the only worker
+    wait_for(lambda: watch_env.events("started_job"), 30, "the worker to be busy")
+    target = png_variant(t1_jpg, tmp_path / "scene-8.png", 8)
+    source = tmp_path / "actor.png"
+    shutil.copy(hanks_png, source)
+    page = browser.new_context(viewport={"width": 1180, "height": 900}).new_page()
+    page.goto(env.url + "/login")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs")
+    page.goto(env.url + "/submit")
+    page.set_input_files("input[name=source]", str(source))
+    page.set_input_files("input[name=target]", str(target))
+    page.click("form.card button.primary")
+    page.wait_for_url("**/jobs/web-*")
+    ref = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector(".status.s-queued h1", timeout=30_000)
+    page.reload()  # the delete form's wording follows the state the page was rendered with
+    assert page.text_content(".danger-zone button") == "Remove this job"
+    page.screenshot(path=str(shots / "queued.png"), full_page=True)
+    page.click(".danger-zone button")
+    page.wait_for_url(f"**/jobs/{ref}")
+    page.wait_for_selector(".status.s-removed h1", timeout=30_000)  # live, over the event stream
+    page.reload()
+    assert page.text_content(".status h1") == "Removed"
+    assert "removed on request" in page.text_content(".status .why")
+    assert page.text_content(".status .lead") == "Removed on request"
+    assert page.text_content(".danger-zone button") == "Delete this job's media"
+    page.screenshot(path=str(shots / "removed.png"), full_page=True)
+    assert [e["requested_by"] for e in watch_env.events("removed")] == ["console:alice"]

@@ -12,6 +12,7 @@ function detail(j) {
     case "running": return j.progress && j.progress.total ? `Frame ${j.progress.done} of ${j.progress.total}` : "Swapping faces…";
     case "done": return j.media_deleted ? "Finished · media deleted" : "Finished · result ready";
     case "failed": return j.reason_text || "Failed";
+    case "removed": return "Removed on request";
     default: return WORDS[j.state] || j.state;
   }
 }
