@@ -79,6 +79,11 @@ def test_running_and_queued_jobs_are_removed_and_the_next_job_runs(watch_env: Wa
     assert [(e["job"], e["reason"]) for e in noop] == [(done_id, "already_done")]
     assert (env.spool / "outbox" / done_id).is_dir()
     assert not list(env.inbox.glob("*.cancel.json"))  # requests never linger
+    prom = (env.state / "sealfuse.prom").read_text()
+    assert 'sealfuse_jobs_total{outcome="removed",reason="removed"} 2.0' in prom
+    failures = [line for line in prom.splitlines()
+                if line.startswith('sealfuse_jobs_total{outcome="failed"') and not line.endswith(" 0.0")]
+    assert failures == []  # a removal is not a failure
     assert env.residue() == []
 
 
