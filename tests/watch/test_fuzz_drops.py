@@ -197,7 +197,7 @@ def _outside(tmp_path: Path, hanks: Path) -> Path:
 
 
 def _media(hanks: Path, tmp_path: Path) -> tuple[bytes, bytes]:
-    from watchlib import small_mp4
+    from tests.watch.watchlib import small_mp4
 
     return png_variant(hanks, tmp_path / "good.png", 98).read_bytes(), small_mp4(hanks, frames=3)
 
