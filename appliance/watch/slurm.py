@@ -123,6 +123,9 @@ class Tracked:
     missing_polls: int = 0
     progress_mtime: float = 0.0
     progress: dict[str, Any] = field(default_factory=dict)
+    # when the daemon claimed the job (epoch seconds), read while claim.json still exists: a fast
+    # run commits (and so moves the claim away) before the first poll sees it RUNNING or COMPLETED
+    claimed: float | None = None
 
     @property
     def slurm_id(self) -> str | None:
@@ -276,7 +279,8 @@ class SlurmDispatcher(Dispatcher):
                                  Path(req.get("target", "")), dict(req.get("options", {})),
                                  float(req.get("timeout_seconds", 0) or 0))
             t = Tracked(request, slurm_ids=[str(i) for i in record["slurm_job_ids"]],
-                        retries_used=int(record.get("retries_used", 0)), state="ADOPTED")
+                        retries_used=int(record.get("retries_used", 0)), state="ADOPTED",
+                        claimed=_claimed_time(self.spool, request.job_id))
             self.jobs[job_id] = t
             adopted.append(job_id)
         return adopted
@@ -321,7 +325,7 @@ class SlurmDispatcher(Dispatcher):
         if "reference_face_image" in request.options:
             doc["reference"] = request.options["reference_face_image"]
         write_json_atomic(jdir / "request.json", doc, mode=0o640)
-        t = Tracked(request)
+        t = Tracked(request, claimed=_claimed_time(self.spool, request.job_id))
         self.jobs[request.job_id] = t
         self._sbatch(t)
         return Placement(self.backend, slurm_job_id=t.slurm_id, node=None)
@@ -460,7 +464,7 @@ class SlurmDispatcher(Dispatcher):
     def _placed(self, job_id: str, t: Tracked) -> None:
         if not t.started:
             t.started = True
-            claimed = _claimed_time(self.spool, job_id)
+            claimed = t.claimed if t.claimed is not None else _claimed_time(self.spool, job_id)
             if self.metrics is not None and claimed is not None:
                 self.metrics.job_started(max(0.0, time.time() - claimed))
         if t.node != t.reported_node:
