@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -18,7 +17,13 @@ from typing import Any
 
 from sealfuse.appliance.clock import clock_behind
 from sealfuse.appliance.errors import UnsafePathError
-from sealfuse.appliance.fsutil import open_dir, open_file_at
+from sealfuse.appliance.fsutil import (
+    open_dir,
+    open_file_at,
+    read_json_file,
+    read_regular_bytes,
+    sha256_file,
+)
 from sealfuse.appliance.release import InstallRecord, Layout, Systemd, systemd_for
 
 MAX_EXPOSURE = 1.0
@@ -30,7 +35,8 @@ def _release_info(layout: Layout, version: str | None) -> dict[str, Any]:
     if version is None:
         return {}
     try:
-        return json.loads((layout.release(version) / "release.json").read_text())
+        info = read_json_file(layout.release(version) / "release.json")
+        return info if isinstance(info, dict) else {}
     except (OSError, ValueError):
         return {}
 
@@ -161,7 +167,7 @@ def check_models(layout: Layout) -> Check:
     from sealfuse.verifier.model import Manifest
 
     try:
-        manifest = Manifest.from_bytes((layout.current / "manifest.json").read_bytes())
+        manifest = Manifest.from_bytes(read_regular_bytes(layout.current / "manifest.json"))
     except (OSError, ValueError, VerificationError) as exc:
         return Check("models", False, f"cannot read the release manifest: {exc}")
     problems = []
@@ -169,16 +175,13 @@ def check_models(layout: Layout) -> Check:
         if m.kind != "model":
             continue
         path = layout.current / "models" / Path(m.path).name
-        h = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                    h.update(chunk)
+            digest, _size = sha256_file(path)  # a FIFO, device or link is named, never read
         except OSError as exc:
             problems.append(f"{path.name}: {exc.strerror}")
             continue
-        if h.hexdigest() != m.sha256:
-            problems.append(f"{path.name}: sha256 {h.hexdigest()} != manifest {m.sha256}")
+        if digest != m.sha256:
+            problems.append(f"{path.name}: sha256 {digest} != manifest {m.sha256}")
         elif os.stat(path).st_mode & 0o222:
             problems.append(f"{path.name}: writable (mode {oct(os.stat(path).st_mode & 0o777)})")
     n = sum(1 for m in manifest.members if m.kind == "model")
@@ -224,7 +227,7 @@ def check_clock(layout: Layout, now: dt.datetime | None = None) -> Check:
 
     now = now or dt.datetime.now(dt.UTC)
     try:
-        manifest = Manifest.from_bytes((layout.current / "manifest.json").read_bytes())
+        manifest = Manifest.from_bytes(read_regular_bytes(layout.current / "manifest.json"))
     except (OSError, ValueError, VerificationError) as exc:
         return Check("clock", False, f"cannot read the release manifest: {exc}")
     behind = clock_behind(manifest.created, now)

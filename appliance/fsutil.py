@@ -86,13 +86,49 @@ def safe_name(name: str) -> str:
     return out[:120]
 
 
+def open_regular_nofollow(path: Path) -> int:
+    """A read-only fd on `path` if it is a regular file; a final symlink is not followed and a FIFO
+    cannot block the open (O_NONBLOCK). Anything else is an OSError naming the file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular_bytes(path: Path, limit: int = 16 << 20) -> bytes:
+    """All bytes of the regular file `path` (see open_regular_nofollow), at most `limit`."""
+    fd = open_regular_nofollow(path)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+    return data
+
+
+def read_json_file(path: Path, limit: int = 16 << 20) -> Any:
+    """A JSON state file: read as read_regular_bytes does; repeated keys, NaN, nesting deeper than
+    the stack and non-UTF-8 are ValueError (so callers' `except (OSError, ValueError)` holds)."""
+    from sealfuse.verifier.inputs import loads_strict
+
+    def invalid(message: str, **_: Any) -> ValueError:
+        return ValueError(message)
+
+    return loads_strict(read_regular_bytes(path, limit), duplicate=invalid, invalid=invalid,
+                        what=str(path))
+
+
 def sha256_file(path: Path) -> tuple[str, int]:
-    """(sha256 hex, size) of a file, opened without following a final symlink."""
+    """(sha256 hex, size) of a regular file, opened without following a final symlink (a FIFO or
+    device is an OSError, never read)."""
     import hashlib
 
     h = hashlib.sha256()
     size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = open_regular_nofollow(path)
     with os.fdopen(fd, "rb") as f:
         while chunk := f.read(1024 * 1024):
             h.update(chunk)

@@ -199,7 +199,7 @@ class InstallRecord:
     @classmethod
     def load(cls, layout: Layout) -> InstallRecord:
         try:
-            data = json.loads(layout.record.read_text())
+            data = fsutil.read_json_file(layout.record)
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError) as exc:

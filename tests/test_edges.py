@@ -261,3 +261,51 @@ def test_bundle_sign_refuses_a_sigstore_bundle_verify_would_not_read(tmp_path: P
     result = CliRunner().invoke(main, ["bundle", "sign", "--sigstore", str(sig), str(bundle)])
     assert result.exit_code == 85, result.output
     assert bundle.read_bytes() == before
+
+
+# -- the installer's own state: never a traceback, never a blocked read -----------------------------
+@pytest.mark.parametrize("content", [
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"format": 1, "current": "2", "current": "1", "order": [], "history": []}',
+    b'{"format": NaN, "current": "2", "order": [], "history": []}',
+    b"\xff\xfe",
+    "fifo",
+    "symlink",
+])
+def test_an_unusable_install_record_is_a_state_error(tmp_path: Path, content: bytes | str) -> None:
+    from sealfuse.appliance.errors import StateError
+    from sealfuse.appliance.release import InstallRecord, Layout
+
+    layout = Layout(tmp_path)
+    layout.record.parent.mkdir(parents=True)
+    if content == "fifo":
+        os.mkfifo(layout.record)
+    elif content == "symlink":
+        (tmp_path / "elsewhere.json").write_text('{"format": 1, "current": "9"}')
+        layout.record.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        assert isinstance(content, bytes)
+        layout.record.write_bytes(content)
+    with pytest.raises(StateError):
+        InstallRecord.load(layout)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "devzero"])
+def test_doctor_never_reads_a_non_regular_release_file_or_model(tmp_path: Path, kind: str) -> None:
+    from sealfuse.appliance import doctor
+    from sealfuse.appliance.fsutil import sha256_file
+    from sealfuse.appliance.release import Layout
+
+    layout = Layout(tmp_path)
+    release = layout.release("2")
+    release.mkdir(parents=True)
+    model = tmp_path / "model.onnx"
+    if kind == "fifo":
+        os.mkfifo(release / "release.json")
+        os.mkfifo(model)
+    else:
+        (release / "release.json").symlink_to("/dev/zero")
+        model.symlink_to("/dev/zero")
+    assert doctor._release_info(layout, "2") == {}
+    with pytest.raises(OSError):
+        sha256_file(model)
