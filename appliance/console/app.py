@@ -205,9 +205,9 @@ class Console:
 
     def _purge(self) -> None:
         for rec in self.spool.expired(self.cfg.retention_hours):
-            removed, kept = self.spool.delete_media(rec)
+            removed, asked = self.spool.delete_media(rec, "console:(retention)")
             self.audit("console_purge", user="(retention)", ref=rec.ref, job=rec.job_id, removed=removed,
-                       kept=kept, retention_hours=self.cfg.retention_hours)
+                       media_deletion_requested=asked, retention_hours=self.cfg.retention_hours)
 
     # -- share ---------------------------------------------------------------------------------
     def share_files(self, limit: int = 500) -> list[str]:
@@ -603,23 +603,20 @@ async def job_delete_form(request: Request) -> Response:
     return RedirectResponse(f"/jobs/{rec.ref}", status_code=303)
 
 
-async def _delete(c: Console, user: User, rec: JobRecord) -> list[str] | None:
-    """Delete a job's media; a job still queued or running is first removed by the watch daemon
-    (a removal request; None is returned and its media can be deleted once it shows `removed`)."""
+async def _delete(c: Console, user: User, rec: JobRecord) -> dict[str, Any]:
+    """Delete a job's media. A job still queued or running is first removed by the watch daemon (a
+    removal request); a finished job's media is deleted by the daemon on a `delete_media` request
+    (only the daemon may change its folders): the view shows `media_deleted` once it did."""
     view = await anyio.to_thread.run_sync(c.spool.view, rec)
     if view["state"] in ACTIVE_STATES:
         request = await anyio.to_thread.run_sync(c.spool.request_removal, rec, f"console:{user.name}")
         c.audit("console_remove", user=user.name, ref=rec.ref, job=rec.job_id, state=view["state"],
                 request=f"inbox/{request}")
-        return None
-    removed, kept = await anyio.to_thread.run_sync(c.spool.delete_media, rec)
-    c.audit("console_delete", user=user.name, ref=rec.ref, job=rec.job_id, removed=removed, kept=kept)
-    if kept:
-        raise E.MediaNotRemovableError(
-            f"{len(kept)} file(s) of this job are in the watch service's folders, which the console may "
-            "not change; the operator removes them (or the retention purge once it can)", kept=kept,
-            removed=removed)
-    return removed
+        return {"removed": [], "removal_requested": True, "media_deletion_requested": False}
+    removed, asked = await anyio.to_thread.run_sync(c.spool.delete_media, rec, f"console:{user.name}")
+    c.audit("console_delete", user=user.name, ref=rec.ref, job=rec.job_id, removed=removed,
+            media_deletion_requested=asked)
+    return {"removed": removed, "removal_requested": False, "media_deletion_requested": asked}
 
 
 async def result(request: Request) -> Response:
@@ -770,9 +767,8 @@ async def api_delete(request: Request) -> Response:
     user, s = c.require(request, "media")
     c.check_csrf(request, s, None)
     rec = c.job(user, request.path_params["ref"])
-    removed = await _delete(c, user, rec)
-    return JSONResponse({"ok": True, "ref": rec.ref, "removed": removed or [],
-                         "removal_requested": removed is None})
+    outcome = await _delete(c, user, rec)
+    return JSONResponse({"ok": True, "ref": rec.ref, **outcome})
 
 
 async def api_audit(request: Request) -> Response:

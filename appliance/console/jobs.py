@@ -139,6 +139,7 @@ class JobRecord:
     manifest: str
     job_id: str | None = None
     media_deleted: str | None = None
+    media_delete_requested: str | None = None  # asked the daemon to delete it (delete_media request)
     notified: bool = False
     ended: str | None = None
 
@@ -351,6 +352,14 @@ class Spool:
                      finished=(error.get("timestamps") or {}).get("failed"))
         elif not status and jid is None:
             v["state"] = "submitted" if (self.inbox / rec.manifest).exists() else "queued"
+        deleted = next((d.get("media_deleted") for d in (status, result, error)
+                        if d and isinstance(d.get("media_deleted"), dict)), None)
+        if deleted and not rec.media_deleted:  # the daemon deleted the media on request
+            rec.media_deleted = str(deleted.get("at") or utcnow())
+            v["media_deleted"] = rec.media_deleted
+            with contextlib.suppress(OSError):
+                self.save(rec)
+        v["media_delete_requested"] = rec.media_delete_requested if not rec.media_deleted else None
         if v.get("output"):
             ext = os.path.splitext(v["output"])[1].lower()
             v["output_kind"] = "video" if ext in VIDEO_EXTS else "image"
@@ -374,11 +383,14 @@ class Spool:
             return None
         return path if stat.S_ISREG(st.st_mode) else None
 
-    def request_removal(self, rec: JobRecord, requested_by: str) -> str:
-        """Ask the watch daemon to remove a queued or running job: write
-        `inbox/<ref>.cancel.json` under a dot name and rename it into place (the daemon stops the
-        job and moves it to failed/<job-id>/ as `removed`). Returns the request's inbox name."""
+    def request_removal(self, rec: JobRecord, requested_by: str, *, delete_media: bool = False) -> str:
+        """Ask the watch daemon to remove a queued or running job (or, `delete_media`, to delete a
+        finished job's media): write `inbox/<ref>.cancel.json` under a dot name and rename it into
+        place (the daemon stops the job and moves it to failed/<job-id>/ as `removed`; with
+        `delete_media` it also deletes the job's media). Returns the request's inbox name."""
         doc: dict[str, Any] = {"version": 1, "requested_by": requested_by[:128]}
+        if delete_media:
+            doc["delete_media"] = True
         if rec.job_id:
             doc["job_id"] = rec.job_id
         else:
@@ -398,43 +410,29 @@ class Spool:
         fsync_dir(self.inbox)
         return name
 
-    def delete_media(self, rec: JobRecord) -> tuple[list[str], list[str]]:
-        """Remove the job's media (result, retained or quarantined inputs, unclaimed drops); the
-        records (result.json, error.json) stay. Returns (removed, kept: files it may not unlink);
-        the job counts as deleted only when nothing was kept."""
+    def delete_media(self, rec: JobRecord, requested_by: str) -> tuple[list[str], bool]:
+        """Delete the job's media. Unclaimed drops in inbox/ (the console's own files) are unlinked
+        here; a claimed job's folders belong to the watch daemon, which alone may change them: it
+        is asked with a `delete_media` request and the view shows `media_deleted` once it did.
+        Returns (files removed here, whether the daemon was asked)."""
         removed: list[str] = []
-        kept: list[str] = []
-
-        def rm(p: Path) -> None:
-            try:
-                st = os.lstat(p)
-            except FileNotFoundError:
-                return
-            if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                try:
-                    os.unlink(p)
-                except PermissionError:
-                    kept.append(os.path.relpath(p, self.root))
-                    return
-                removed.append(os.path.relpath(p, self.root))
-
         for f in rec.files.values():
-            if f.get("drop"):
-                rm(self.inbox / f["drop"])
-        if rec.job_id:
-            res = self._read_json(self.outbox / rec.job_id / "result.json")
-            if res and (res.get("output") or {}).get("name"):
-                name = str(res["output"]["name"])
-                if "/" not in name and not name.startswith("."):
-                    rm(self.outbox / rec.job_id / name)
-            for d in (self.outbox / rec.job_id / "input", self.failed / rec.job_id / "input"):
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    for child in os.listdir(d):
-                        rm(d / child)
-        if not kept:
+            if not f.get("drop"):
+                continue
+            p = self.inbox / f["drop"]
+            with contextlib.suppress(FileNotFoundError):
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    os.unlink(p)
+                    removed.append(os.path.relpath(p, self.root))
+        claimed = bool(rec.job_id) and any(os.path.lexists(d / str(rec.job_id)) for d in (self.outbox, self.failed))
+        if claimed:
+            self.request_removal(rec, requested_by, delete_media=True)
+            rec.media_delete_requested = utcnow()
+        else:
             rec.media_deleted = utcnow()
-            self.save(rec)
-        return removed, kept
+        self.save(rec)
+        return removed, claimed
 
     def expired(self, retention_hours: float) -> list[JobRecord]:
         """Finished jobs whose media outlived the retention time."""
@@ -443,7 +441,7 @@ class Spool:
         cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
         out = []
         for rec in self.records():
-            if rec.media_deleted or not rec.ended:
+            if rec.media_deleted or rec.media_delete_requested or not rec.ended:
                 continue
             with contextlib.suppress(ValueError):
                 if datetime.fromisoformat(rec.ended.replace("Z", "+00:00")) < cutoff:

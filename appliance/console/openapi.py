@@ -57,7 +57,9 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "the image or video"}, "404": _ERR, "410": _ERR}}},
         "/api/v1/jobs/{ref}/media": {"delete": {
             "summary": "Delete the job's media (result and inputs); the record stays. A job still queued or running "
-                       "is removed first (`removal_requested`: true; it then shows state `removed`)", "parameters": _REF,
+                       "is removed first (`removal_requested`: true; it then shows state `removed`); a finished "
+                       "job's media is deleted by the watch daemon on request (`media_deletion_requested`: true; "
+                       "the job then shows `media_deleted`)", "parameters": _REF,
             "responses": {"200": {"description": "removed files"}, "404": _ERR}}},
         "/api/v1/audit": {"get": {"summary": "Audit log tail and chain check (auditor, admin)",
                                   "responses": {"200": {"description": "entries"}, "403": _ERR}}},
@@ -83,7 +85,8 @@ OPENAPI: dict[str, Any] = {
                     "fraction": {"type": ["number", "null"]}}},
                 "reason": {"type": ["string", "null"]}, "reason_text": {"type": ["string", "null"]},
                 "message": {"type": ["string", "null"]}, "output": {"type": ["string", "null"]},
-                "media_deleted": {"type": ["string", "null"]}}},
+                "media_deleted": {"type": ["string", "null"]},
+                "media_delete_requested": {"type": ["string", "null"]}}},
         },
     },
 }

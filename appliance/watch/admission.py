@@ -62,6 +62,7 @@ class CancelRequest:
     job_id: str | None
     client_ref: str | None
     requested_by: str | None
+    delete_media: bool = False  # also delete the job's media once it is finished
 
 
 def clean_requester(value: Any) -> str | None:
@@ -212,7 +213,8 @@ class Admission:
         if problems:
             raise errors.SchemaViolationError(f"{path.name} breaks the removal request schema: {problems[0]}",
                                               name=path.name, problems=problems[:10])
-        return CancelRequest(doc.get("job_id"), doc.get("client_ref"), clean_requester(doc.get("requested_by")))
+        return CancelRequest(doc.get("job_id"), doc.get("client_ref"), clean_requester(doc.get("requested_by")),
+                             delete_media=doc.get("delete_media") is True)
 
     def manifest(self, path: Path, *, age: float, stable: Callable[[Path], bool]) -> Verdict:
         """Judge a manifest that is itself stable. `stable(p)` reports (and starts tracking) its media."""

@@ -109,6 +109,8 @@ CANCEL_SCHEMA: dict[str, Any] = {
         "job_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}(?![\\s\\S])"},
         "client_ref": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}(?![\\s\\S])"},
         "requested_by": {"type": "string", "minLength": 1, "maxLength": 128},
+        # true: delete a finished job's media (the record stays); see docs/watch-folder.md
+        "delete_media": {"type": "boolean"},
     },
     "oneOf": [{"required": ["job_id"]}, {"required": ["client_ref"]}],
 }

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sealfuse.appliance.audit import AuditLog
-from sealfuse.appliance.fsutil import rmtree_quiet, sha256_file
+from sealfuse.appliance.fsutil import open_under, rmtree_quiet, sha256_file
 from sealfuse.appliance.metrics import Metrics
 from sealfuse.appliance.watch import errors, spool
 from sealfuse.appliance.watch.admission import CancelRequest, ClaimRequest
@@ -266,6 +267,9 @@ class JobBook:
                                              job_id=request.job_id, client_ref=request.client_ref,
                                              requested_by=by)
             for job_id, why in finished:
+                if request.delete_media:
+                    self._delete_media(job_id, by, drop, client_ref=request.client_ref)
+                    continue
                 self.audit.append("cancel_noop", job=job_id, reason=why, requested_by=by, drop=drop,
                                   client_ref=request.client_ref)
             return
@@ -278,18 +282,51 @@ class JobBook:
                 dispatcher.cancel(job.job_id)
                 self.running.pop(job.job_id, None)
             self._commit_removal(job, was, by, drop)
+            if request.delete_media:  # removed (or finished first): its media goes too
+                self._delete_media(job.job_id, by, drop, client_ref=job.client_ref)
 
-    def _commit_removal(self, job: Job, was: str, by: str | None, drop: str) -> None:
+    def _delete_media(self, job_id: str, by: str | None, drop: str, *, client_ref: str | None) -> None:
+        """A finished job's media deleted on request (`delete_media`): its record stays, marked;
+        audit `media_deleted`, or `cancel_noop` (`media_already_deleted`, `media_not_deleted`)."""
+        row = self.db.get(job_id)
+        if job_id in self.running or any(j.job_id == job_id for j in self.queue) or (
+                row is not None and row["state"] in ("queued", "running")):
+            return  # not finished (cannot happen: removal comes first); nothing is touched
+        for folder, record in spool.RECORDS.items():
+            try:
+                with os.fdopen(open_under(self.root, f"{folder}/{job_id}/{record}"), "rb") as handle:
+                    if isinstance(json.loads(handle.read(1 << 20)).get("media_deleted"), dict):
+                        self.audit.append("cancel_noop", job=job_id, reason="media_already_deleted",
+                                          requested_by=by, drop=drop, client_ref=client_ref)
+                        return
+            except (OSError, ValueError, AttributeError):
+                continue
+        try:
+            info = spool.delete_media(self.root, job_id, requested_by=by, request=drop)
+        except (OSError, ValueError) as exc:  # a folder turned into a link, an unreadable record
+            self.audit.append("cancel_noop", job=job_id, reason="media_not_deleted", requested_by=by,
+                              drop=drop, client_ref=client_ref, error=str(exc))
+            return
+        if info is None:
+            self.audit.append("cancel_noop", job=job_id, reason="media_not_deleted", requested_by=by,
+                              drop=drop, client_ref=client_ref, error="no outbox/ or failed/ folder with its record")
+            return
+        self.audit.append("media_deleted", job=job_id, requested_by=by, request=drop, removed=info["removed"],
+                          client_ref=client_ref)
+        self.status.media_deleted(job_id, info)
+
+    def _commit_removal(self, job: Job, was: str, by: str | None, drop: str) -> bool:
+        """Commit the job as `removed`; False when it did not end that way (committed first)."""
         err = errors.RemovedError(f"removed on request{f' by {by}' if by else ''} while {was}",
                                   requested_by=by, was=was, request=drop)
         try:
             committed = spool.commit_failed(self.root, job, err)
         except errors.CommitFailedError:
             self.fail(job, err)  # records commit_failed; the claim stays for the next start
-            return
+            return False
         if not committed:
             self._removal_lost(job, by, drop)
-            return
+            return False
         self.db.upsert(job.job_id, key=job.key or None, state="removed", reason=err.reason)
         self.audit.append("removed", job=job.job_id, requested_by=by, was=was, request=drop,
                           client_ref=job.client_ref)
@@ -298,6 +335,7 @@ class JobBook:
                            message=err.message)
         rmtree_quiet(self.paths.jobs_tmp / job.job_id)
         self.write_metrics(force=True)
+        return True
 
     def _removal_lost(self, job: Job, by: str | None, drop: str) -> None:
         """The job committed before the removal took the token (a compute node's `run-job`

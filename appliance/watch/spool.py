@@ -25,10 +25,14 @@ from sealfuse.appliance.fsutil import (
     copy_durable,
     fsync_dir,
     lexists_under,
+    open_file_at,
+    parent_fd,
+    remove_tree_at,
     rename_under,
     rmtree_quiet,
     safe_name,
     sha256_file,
+    write_atomic_at,
     write_json_atomic,
 )
 from sealfuse.appliance.watch import errors
@@ -310,6 +314,36 @@ def finish_quarantine(spool: Path, staging: Path) -> dict[str, Any] | None:
         os.rename(staging, final)
     fsync_dir(spool / "failed")
     return doc
+
+
+RECORDS = {"outbox": "result.json", "failed": "error.json"}
+
+
+def delete_media(spool: Path, job_id: str, *, requested_by: str | None, request: str) -> dict[str, Any] | None:
+    """Delete a finished job's media: every entry of outbox/<id>/ or failed/<id>/ but its record
+    (result.json / error.json), which gains `media_deleted` {"at", "by", "request", "removed"}.
+    Everything goes through directory fds: a symlink (at any depth) is unlinked, never followed.
+    Returns the record's `media_deleted`, or None when the job has no folder or record."""
+    for folder, record in RECORDS.items():
+        try:
+            with parent_fd(spool, f"{folder}/{job_id}/{record}") as (fd, name):
+                rfd = open_file_at(fd, name, os.O_RDONLY, where=f"{folder}/{job_id}")
+                with os.fdopen(rfd, "rb") as handle:
+                    doc = json.loads(handle.read(1 << 20))
+                removed = []
+                for entry in sorted(os.listdir(fd)):
+                    if entry == record:
+                        continue
+                    remove_tree_at(fd, entry)
+                    removed.append(entry)
+                os.fsync(fd)
+                info = {"at": utcnow(), "by": requested_by, "request": request, "removed": removed}
+                doc["media_deleted"] = info
+                write_atomic_at(fd, record, (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode())
+                return info
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return None
 
 
 def claim(spool: Path, request_files: list[tuple[str, Path]], *, kind: str, preset: str | None,

@@ -7,6 +7,7 @@ readable by the producers' group (the spool's group). A failed write never stops
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -77,6 +78,20 @@ class StatusBoard:
             if doc is not None and doc["state"] == "queued" and doc["queue_position"] != position:
                 doc["queue_position"] = position
                 self._write(job_id, doc)
+
+    def media_deleted(self, job_id: str, info: dict[str, Any]) -> None:
+        """A finished job's media was deleted on request: its status file (state unchanged) gains
+        `media_deleted` {"at", "by"} and loses `output`."""
+        try:
+            with open(self.directory / f"{job_id}.json", "rb") as handle:
+                doc = json.loads(handle.read(65536))
+        except (OSError, ValueError):
+            doc = None
+        if not isinstance(doc, dict) or doc.get("state") not in ("done", "failed", "removed"):
+            return
+        doc["media_deleted"] = {"at": info.get("at"), "by": info.get("by")}
+        doc["output"] = None
+        self._write(job_id, doc)
 
     def forget(self, job_id: str) -> None:
         """A job handed back to the inbox: its status file goes."""

@@ -99,13 +99,25 @@ def test_submit_follow_download_delete_with_a_real_daemon(watch_env: WatchEnv, c
     assert env.request("GET", f"/api/v1/jobs/{ref}", token=auditor).json()["state"] == "done"
     assert env.request("GET", f"/api/v1/jobs/{ref}/result", token=auditor).status == 403
 
-    # Delete the media: the result file goes, the record stays, a second download is 410.
+    # Delete the media: the console asks the daemon (only it may change outbox/), which deletes the
+    # result file and keeps the record, marked; then a download is 410.
     d = env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=token)
     assert d.status == 200, d.text
-    assert f"outbox/{final['job_id']}/{final['output']}" in d.json()["removed"]
-    assert not out.exists() and (out.parent / "result.json").exists()
+    assert d.json() == {"ok": True, "ref": ref, "removed": [], "removal_requested": False,
+                        "media_deletion_requested": True}
+    view = env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()
+    assert view["media_delete_requested"] or view["media_deleted"]
+    wait_for(lambda: env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()["media_deleted"], 30,
+             "the daemon to delete the media")
+    assert not out.exists() and sorted(p.name for p in out.parent.iterdir()) == ["result.json"]
+    marked = json.loads((out.parent / "result.json").read_text())["media_deleted"]
+    assert marked["by"] == "console:alice" and final["output"] in marked["removed"]
+    (entry,) = [e for e in watch_env.events("media_deleted") if e["job"] == final["job_id"]]
+    assert entry["requested_by"] == "console:alice"
     assert env.request("GET", f"/api/v1/jobs/{ref}/result", token=token).status == 410
-    assert env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()["media_deleted"]
+    view = env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()
+    assert view["state"] == "done" and view["media_delete_requested"] is None
+    assert "The media of this job was deleted on" in env.request("GET", f"/jobs/{ref}", token=token).text
 
     # Every action is in the console's audit chain with the user's name, and the chain verifies.
     trail = [(e["event"], e.get("user")) for e in env.audit()]
@@ -159,7 +171,8 @@ def test_deleting_a_queued_job_asks_the_daemon_to_remove_it(watch_env: WatchEnv,
     assert env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=env.login("bob")).status == 404
     d = env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=token)
     assert d.status == 200, d.text
-    assert d.json() == {"ok": True, "ref": ref, "removed": [], "removal_requested": True}
+    assert d.json() == {"ok": True, "ref": ref, "removed": [], "removal_requested": True,
+                        "media_deletion_requested": False}
     wait_for(lambda: state() == "removed", 30, "the daemon to remove the job")
     view = env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()
     assert view["reason"] == "removed" and view["reason_text"] == "The job was removed on request before it finished."
@@ -173,9 +186,13 @@ def test_deleting_a_queued_job_asks_the_daemon_to_remove_it(watch_env: WatchEnv,
              "the removal request to be consumed")
     page = env.request("GET", f"/jobs/{ref}", token=token)
     assert "Removed" in page.text and "removed on request" in page.text
-    # Once removed, a delete removes its media from failed/<id>/input/ like any finished job's.
+    # Once removed, a delete asks the daemon to delete its media from failed/<id>/input/ like any
+    # finished job's.
+    assert (env.spool / "failed" / job_id / "input").is_dir()
     d = env.request("DELETE", f"/api/v1/jobs/{ref}/media", token=token)
-    assert d.status == 200 and d.json()["removal_requested"] is False
-    assert any(p.startswith(f"failed/{job_id}/input/") for p in d.json()["removed"]), d.json()
+    assert d.status == 200 and d.json()["removal_requested"] is False and d.json()["media_deletion_requested"]
+    wait_for(lambda: env.request("GET", f"/api/v1/jobs/{ref}", token=token).json()["media_deleted"], 30,
+             "the daemon to delete the removed job's inputs")
+    assert sorted(p.name for p in (env.spool / "failed" / job_id).iterdir()) == ["error.json"]
     trail = [(e["event"], e.get("user"), e.get("state")) for e in env.audit() if e["event"] == "console_remove"]
     assert trail == [("console_remove", "alice", "queued")]

@@ -121,8 +121,12 @@ def test_job_end_is_notified_by_webhook_and_mail_with_retry_then_purged(
         out = env.spool / "outbox" / job["job_id"] / job["output"]
         purge = wait_for(lambda: [e for e in env.audit() if e["event"] == "console_purge"], 60,
                          "the retention purge")
-        assert purge[0]["ref"] == ref and purge[0]["removed"] == [f"outbox/{job['job_id']}/{job['output']}"]
+        assert purge[0]["ref"] == ref and purge[0]["media_deletion_requested"] is True
+        wait_for(lambda: [e for e in watch.events("media_deleted") if e["job"] == job["job_id"]], 30,
+                 "the daemon to delete the purged media")
         assert not out.exists() and (out.parent / "result.json").exists()  # the record stays
+        deleted = json.loads((out.parent / "result.json").read_text())["media_deleted"]
+        assert deleted["by"] == "console:(retention)"
         assert env.request("GET", f"/api/v1/jobs/{ref}/result", token=token).status == 410
     finally:
         env.stop()

@@ -191,3 +191,84 @@ def test_removals_racing_running_jobs_end_each_job_exactly_once(watch_env: Watch
             assert status(env, job_id)["state"] == "done"
     assert not unknown and len(env.events("cancel_noop")) + len(removed) == n
     assert env.residue() == []
+
+
+# ---------------------------------------------------------------- media deletion on request
+def record(env: WatchEnv, job_id: str) -> dict[str, Any]:
+    for folder, name in (("outbox", "result.json"), ("failed", "error.json")):
+        if (env.spool / folder / job_id / name).exists():
+            return json.loads((env.spool / folder / job_id / name).read_text())
+    return {}
+
+
+def test_finished_jobs_media_is_deleted_on_request_and_planted_links_are_not_followed(
+        watch_env: WatchEnv, tmp_path: Path) -> None:
+    env = watch_env
+    env.write_config({"retain_inputs": True})
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.txt").write_text("keep me")
+    (outside / "dir" / "inner.txt").write_text("keep me too")
+    proc = env.start()
+    env.wait_ready()
+    png_variant(env.hanks, env.inbox / "tom" / "a.png", 61)
+    drop_bytes(b"not a png at all", env.inbox / "tom" / "bad.png")
+    done_id = wait_for(lambda: claimed(env).get("inbox/tom/a.png"), 30, "the job's claim")
+    wait_for(lambda: status(env, done_id).get("state") == "done", 120, "the job to finish")
+    bad_id = wait_for(lambda: claimed(env).get("inbox/tom/bad.png"), 30, "the bad drop's claim")
+    wait_for(lambda: status(env, bad_id).get("state") == "failed", 30, "the bad drop to fail")
+    box = env.spool / "outbox" / done_id
+    output = record(env, done_id)["output"]["name"]
+    assert (box / output).is_file() and (box / "input").is_dir()
+    assert (env.spool / "failed" / bad_id / "input").is_dir()
+    os.symlink(outside / "secret.txt", box / "planted")  # links in the job's folder: unlinked, not followed
+    os.symlink(outside / "dir", box / "input" / "planted-dir")
+
+    cancel(env, "del-done", job_id=done_id, delete_media=True, requested_by="alice")
+    cancel(env, "del-bad", job_id=bad_id, delete_media=True, requested_by="bob")
+    wait_for(lambda: len(env.events("media_deleted")) == 2, 30, "both media deletions")
+    cancel(env, "again", job_id=done_id, delete_media=True)
+    wait_for(lambda: env.events("cancel_noop"), 30, "the repeated request's no-op")
+
+    png_variant(env.hanks, env.inbox / "tom" / "c__hang__.png", 62)  # a running job: removed, then its media
+    hang = wait_for(lambda: claimed(env).get("inbox/tom/c__hang__.png"), 30, "the hanging job's claim")
+    wait_for(lambda: status(env, hang).get("state") == "running", 30, "the hanging job to run")
+    cancel(env, "del-run", job_id=hang, delete_media=True, requested_by="carol")
+    wait_for(lambda: status(env, hang).get("media_deleted"), 30, "the running job's removal and deletion")
+    proc.terminate()
+    assert proc.wait(60) == 0
+
+    assert sorted(p.name for p in box.iterdir()) == ["result.json"]
+    res = record(env, done_id)
+    assert res["media_deleted"]["by"] == "alice" and res["media_deleted"]["at"]
+    assert sorted(res["media_deleted"]["removed"]) == sorted(["input", "planted", output])
+    st = status(env, done_id)
+    assert st["state"] == "done" and st["media_deleted"]["by"] == "alice" and st["output"] is None
+    assert (outside / "secret.txt").read_text() == "keep me"  # nothing outside changed
+    assert (outside / "dir" / "inner.txt").read_text() == "keep me too"
+
+    assert sorted(p.name for p in (env.spool / "failed" / bad_id).iterdir()) == ["error.json"]
+    assert record(env, bad_id)["media_deleted"]["by"] == "bob"
+    assert status(env, bad_id)["state"] == "failed" and status(env, bad_id)["media_deleted"]["by"] == "bob"
+
+    assert sorted(p.name for p in (env.spool / "failed" / hang).iterdir()) == ["error.json"]
+    err = record(env, hang)
+    assert err["reason"] == "removed" and err["media_deleted"]["by"] == "carol"
+    assert status(env, hang)["state"] == "removed"
+    assert [e["job"] for e in env.events("removed")] == [hang]
+
+    deleted = {e["job"]: e["requested_by"] for e in env.events("media_deleted")}
+    assert deleted == {done_id: "alice", bad_id: "bob", hang: "carol"}
+    assert [(e["job"], e["reason"]) for e in env.events("cancel_noop")] == [(done_id, "media_already_deleted")]
+    assert not list(env.inbox.glob("*.cancel.json"))
+
+
+def test_a_media_deletion_request_for_an_unknown_job_is_quarantined(watch_env: WatchEnv) -> None:
+    env = watch_env
+    env.inbox.mkdir(parents=True, exist_ok=True)
+    cancel(env, "nojob", job_id="20990101T000000-nope-abcdef", delete_media=True)
+    cancel(env, "notbool", job_id="20990101T000000-nope-abcdef", delete_media="yes")
+    result = env.run_once()
+    assert result.returncode == 0, result.stdout.decode()[-2000:]
+    assert env.reasons() == {"inbox/nojob.cancel.json": "unknown_job", "inbox/notbool.cancel.json": "schema_violation"}
+    assert not env.events("media_deleted")
