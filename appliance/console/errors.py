@@ -145,13 +145,6 @@ class GoneError(ConsoleError):
     status = 410
 
 
-class MediaNotRemovableError(ConsoleError):
-    """The console may not unlink some of the job's files (the watch service's folders)."""
-
-    reason = "media_not_removable"
-    status = 409
-
-
 class SpoolError(ConsoleError):
     reason = "spool_unusable"
     status = 503

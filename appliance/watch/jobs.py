@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sealfuse.appliance.audit import AuditLog
+from sealfuse.appliance.errors import ApplianceError
 from sealfuse.appliance.fsutil import open_under, rmtree_quiet, sha256_file
 from sealfuse.appliance.metrics import Metrics
 from sealfuse.appliance.watch import errors, spool
@@ -303,7 +304,7 @@ class JobBook:
                 continue
         try:
             info = spool.delete_media(self.root, job_id, requested_by=by, request=drop)
-        except (OSError, ValueError) as exc:  # a folder turned into a link, an unreadable record
+        except (OSError, ValueError, ApplianceError) as exc:  # a linked folder or record, unreadable JSON
             self.audit.append("cancel_noop", job=job_id, reason="media_not_deleted", requested_by=by,
                               drop=drop, client_ref=client_ref, error=str(exc))
             return

@@ -85,3 +85,34 @@ def test_installer_enables_the_console_only_when_its_config_says_so(tmp_path: Pa
     assert link.is_symlink()
     conf.write_text("[console]\nenabled = false\n")
     assert sync_console(layout, OfflineSystemd(layout)) == "disabled" and not link.exists()
+
+
+def test_deleting_media_unlinks_only_the_consoles_own_drops_and_asks_the_daemon_for_the_rest(
+        tmp_path: Path) -> None:
+    import json
+
+    from sealfuse.appliance.console.jobs import JobRecord, Spool
+
+    root = tmp_path / "spool"
+    for d in ("inbox", "outbox", "failed", "status"):
+        (root / d).mkdir(parents=True)
+    spool = Spool(root, tmp_path / "state", max_upload_mb=1, max_pixels=1000)
+    spool.setup()
+    (root / "inbox" / "web-1-target.png").write_bytes(b"t")  # never claimed: the console's own file
+    loose = JobRecord(ref="web-1", user="alice", created="2026-01-01T00:00:00Z", label=None,
+                      files={"target": {"name": "t.png", "drop": "web-1-target.png"}}, options={},
+                      manifest="web-1.job.json")
+    assert spool.delete_media(loose, "console:alice") == (["inbox/web-1-target.png"], False)
+    assert loose.media_deleted and not (root / "inbox" / "web-1-target.png").exists()
+    assert not list((root / "inbox").glob("*.cancel.json"))
+
+    (root / "outbox" / "j2").mkdir()
+    (root / "outbox" / "j2" / "out.png").write_bytes(b"o")
+    done = JobRecord(ref="web-2", user="alice", created="2026-01-01T00:00:00Z", label=None, files={},
+                     options={}, manifest="web-2.job.json", job_id="j2")
+    assert spool.delete_media(done, "console:alice") == ([], True)
+    assert (root / "outbox" / "j2" / "out.png").exists()  # the daemon's folder: not touched here
+    request = json.loads((root / "inbox" / "web-2.cancel.json").read_text())
+    assert request == {"version": 1, "job_id": "j2", "delete_media": True, "requested_by": "console:alice"}
+    assert done.media_delete_requested and not done.media_deleted
+    assert spool.expired(0.0001) == []  # a requested deletion is not asked again by the purge

@@ -272,3 +272,27 @@ def test_a_media_deletion_request_for_an_unknown_job_is_quarantined(watch_env: W
     assert result.returncode == 0, result.stdout.decode()[-2000:]
     assert env.reasons() == {"inbox/nojob.cancel.json": "unknown_job", "inbox/notbool.cancel.json": "schema_violation"}
     assert not env.events("media_deleted")
+
+
+def test_media_deletion_follows_no_link_in_place_of_the_folder_or_the_record(tmp_path: Path) -> None:
+    from sealfuse.appliance.errors import UnsafePathError
+    from sealfuse.appliance.fsutil import FollowError
+
+    root = tmp_path / "spool"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "result.json").write_text('{"job_id": "x"}')
+    (outside / "out.png").write_bytes(b"keep")
+    (root / "outbox" / "j1").mkdir(parents=True)
+    (root / "failed").mkdir()
+    (root / "outbox" / "j1" / "out.png").write_bytes(b"media")
+    os.symlink(outside / "result.json", root / "outbox" / "j1" / "result.json")  # a linked record
+    os.symlink(outside, root / "outbox" / "j2")  # a linked job folder
+    with pytest.raises(UnsafePathError):
+        spool.delete_media(root, "j1", requested_by="x", request="inbox/a.cancel.json")
+    with pytest.raises(FollowError):
+        spool.delete_media(root, "j2", requested_by="x", request="inbox/b.cancel.json")
+    assert spool.delete_media(root, "nope", requested_by="x", request="inbox/c.cancel.json") is None
+    assert (root / "outbox" / "j1" / "out.png").read_bytes() == b"media"  # nothing deleted
+    assert sorted(p.name for p in outside.iterdir()) == ["out.png", "result.json"]
+    assert (outside / "result.json").read_text() == '{"job_id": "x"}'
