@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from sealfuse.appliance.fsutil import read_json_file
 from sealfuse.appliance.watch.errors import JobError
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -79,7 +80,7 @@ def load_request(spool: Path, job_id: str) -> dict[str, Any]:
     (or be the preset faces named in it)."""
     path = job_dir(spool, job_id) / "request.json"
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = read_json_file(path, 1 << 20)  # a regular file, bounded, strict JSON
     except (OSError, ValueError) as exc:
         raise RequestError(f"cannot read the job request {path}: {exc}", path=str(path)) from None
     if not isinstance(doc, dict) or doc.get("version") != REQUEST_VERSION or doc.get("job_id") != job_id:
@@ -130,7 +131,7 @@ def run(spool: Path, job_id: str, *, tmp_dir: Path | None = None) -> dict[str, A
         return {"ok": True, "outcome": "already_committed", "job_id": job_id, **placement}
     request = load_request(spool, job_id)
     try:
-        claim = json.loads((wdir / "claim.json").read_text())
+        claim = read_json_file(wdir / "claim.json", 1 << 20)
     except FileNotFoundError:
         return {"ok": True, "outcome": "already_committed", "job_id": job_id, **placement}
     except (OSError, ValueError) as exc:

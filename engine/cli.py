@@ -322,8 +322,14 @@ def list_models(models_dir: Path | None, as_json: bool) -> None:
     from sealfuse.engine.registry import licence_class_of, read_licence_policy, read_lock
 
     mdir = models_dir or default_models_dir()
-    lock = read_lock(mdir) if mdir.is_dir() else {}
-    policy = read_licence_policy(mdir) if mdir.is_dir() else "any"
+    try:
+        lock = read_lock(mdir) if mdir.is_dir() else {}
+        policy = read_licence_policy(mdir) if mdir.is_dir() else "any"
+    except EngineError as exc:
+        if as_json:
+            click.echo(json.dumps(exc.to_dict(), indent=2))
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
     rows = []
     for spec in CATALOG.values():
         path = mdir / spec.file if not spec.packaged else None
@@ -368,9 +374,13 @@ def pin(models_dir: Path | None, names: tuple[str, ...]) -> None:
     from sealfuse.engine.registry import ModelRegistry, read_lock, sha256_file, write_lock
 
     mdir = models_dir or default_models_dir()
-    entries = read_lock(mdir)
-    for name in names:
-        spec = ModelRegistry.spec(name)
+    try:
+        entries = read_lock(mdir)
+        specs = [(name, ModelRegistry.spec(name)) for name in names]
+    except EngineError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    for name, spec in specs:
         path = mdir / spec.file
         if spec.packaged or not path.is_file():
             raise click.ClickException(f"{name}: no file {path} to pin")

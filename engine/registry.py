@@ -127,15 +127,29 @@ def read_licence_policy(models_dir: Path) -> str:
     return _read_lock_doc(models_dir)[1]
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A lock that repeats a key is not one the installer wrote (two readers, two pins)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"repeated key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _read_lock_doc(models_dir: Path) -> tuple[dict[str, dict[str, Any]], str]:
     path = models_dir / LOCK_FILE
     if not path.is_file():
         return {}, "any"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
         entries = {str(e["file"]): dict(e) for e in data["models"]}
         policy = data.get("licence_policy", "any")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ModelError(f"{path} is not a valid models lock: {exc}", file=path) from exc
     if policy not in LICENCE_POLICIES:
         raise ModelError(f"{path} is not a valid models lock: licence_policy {policy!r} is not one of "

@@ -309,3 +309,38 @@ def test_doctor_never_reads_a_non_regular_release_file_or_model(tmp_path: Path, 
     assert doctor._release_info(layout, "2") == {}
     with pytest.raises(OSError):
         sha256_file(model)
+
+
+# -- models and run-job: the lock and the job request ----------------------------------------------
+@pytest.mark.parametrize("lock", [b"[" * 100_000 + b"]" * 100_000, b'{"models": [], "models": []}',
+                                  b'{"models": [], "licence_policy": NaN}'])
+def test_models_list_names_an_unusable_lock(tmp_path: Path, lock: bytes) -> None:
+    pytest.importorskip("numpy")
+    (tmp_path / "models.lock.json").write_bytes(lock)
+    result = CliRunner().invoke(main, ["models", "list", "--models-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 5, result.output
+    assert json.loads(result.stdout)["reason"] == "model_error"
+
+
+def test_models_pin_of_an_unknown_model_is_exit_5(tmp_path: Path) -> None:
+    pytest.importorskip("numpy")
+    result = CliRunner().invoke(main, ["models", "pin", "--models-dir", str(tmp_path), "nosuch"])
+    assert result.exit_code == 5 and "unknown model" in result.output
+
+
+@pytest.mark.parametrize("kind", ["fifo", "deep", "dup"])
+def test_run_job_refuses_an_unusable_request_without_blocking(tmp_path: Path, kind: str) -> None:
+    spool = tmp_path / "spool"
+    for d in ("inbox", "work/j1", "outbox", "failed", "status", "slurm/j1"):
+        (spool / d).mkdir(parents=True)
+    (spool / "work/j1/claim.json").write_text('{"job_id": "j1"}')
+    request = spool / "slurm/j1/request.json"
+    if kind == "fifo":
+        os.mkfifo(request)
+    elif kind == "deep":
+        request.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    else:
+        request.write_bytes(b'{"version": 1, "job_id": "j1", "job_id": "j2"}')
+    result = CliRunner().invoke(main, ["run-job", "--spool", str(spool), "--job-id", "j1"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
