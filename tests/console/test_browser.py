@@ -1,5 +1,5 @@
 """A real browser through the console: Playwright drives Debian's chromium (no browser download)
-through sign in -> submit -> follow (live, over server-sent events) -> download, against a real
+through sign in -> submit -> follow (live, over server-sent events) -> download -> delete media, against a real
 watch daemon, and keeps a screenshot of the finished job that the test checks."""
 
 from __future__ import annotations
@@ -85,6 +85,18 @@ def test_sign_in_submit_follow_and_download_in_chromium(browser, watch_env: Watc
     out = env.spool / "outbox" / job["job_id"] / job["output"]
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == hashlib.sha256(out.read_bytes()).hexdigest()
     assert saved.read_bytes() != target.read_bytes()
+
+    # Delete the media through the page's form: the daemon deletes it on request, the page says so.
+    page.click("text=Delete this job's media")
+    page.wait_for_url(f"**/jobs/{ref}")
+    for _ in range(100):
+        if "The media of this job was deleted on" in page.text_content(".result"):
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    assert "The media of this job was deleted on" in page.text_content(".result")
+    assert not out.exists() and page.locator(".preview img").count() == 0
+    page.screenshot(path=str(shots / "media-deleted.png"), full_page=True)
 
     page.goto(env.url + "/jobs")
     row = page.locator(f"tr[data-ref='{ref}']")
