@@ -63,6 +63,7 @@ from sealfuse.appliance.console.jobs import (
 from sealfuse.appliance.console.notify import Notifier
 from sealfuse.appliance.console.openapi import OPENAPI
 from sealfuse.appliance.console.users import ROLES, User, UserStore
+from sealfuse.verifier.inputs import loads_strict
 
 log = logging.getLogger("sealfuse.console")
 HERE = Path(__file__).parent
@@ -381,10 +382,8 @@ def options_from_fields(fields: dict[str, list[str]], available: dict[str, list[
     if one.get("face_selector_mode"):
         opts["face_selector_mode"] = one["face_selector_mode"]
     if one.get("options"):
-        try:
-            extra = json.loads(one["options"])
-        except ValueError as exc:
-            raise E.BadOptionsError(f"options is not valid JSON: {exc}") from None
+        extra = loads_strict(one["options"], duplicate=E.BadOptionsError, invalid=E.BadOptionsError,
+                             what="options")
         if not isinstance(extra, dict):
             raise E.BadOptionsError("options must be a JSON object")
         opts.update(extra)
@@ -702,12 +701,19 @@ def _user_action(c: Console, admin: User, action: str, name: str, role: str, pas
 
 
 # API -----------------------------------------------------------------------------------------------
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body, read strictly: a repeated key, NaN, or nesting deeper than the
+    stack is a bad request (400), never two readings of one body or a 500."""
+    return loads_strict(await request.body(), duplicate=E.BadRequestError, invalid=E.BadRequestError,
+                        what="the request body")
+
+
 async def api_login(request: Request) -> Response:
     c = _c(request)
     try:
-        body = await request.json()
+        body = await _json_body(request)
         name, password = str(body["username"]), str(body["password"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, E.BadRequestError):
         raise E.BadRequestError('send {"username": ..., "password": ...} as JSON') from None
     s = await anyio.to_thread.run_sync(_login, c, request, name.strip(), password, "bearer")
     user = c.users.get(s.user)
@@ -774,7 +780,10 @@ async def api_delete(request: Request) -> Response:
 async def api_audit(request: Request) -> Response:
     c = _c(request)
     c.require(request, "audit")
-    n = min(max(int(request.query_params.get("limit", "200") or 200), 1), 5000)
+    try:
+        n = min(max(int(request.query_params.get("limit", "200") or 200), 1), 5000)
+    except ValueError:
+        raise E.BadRequestError("limit must be a whole number") from None
     entries, verdict = await anyio.to_thread.run_sync(_audit_tail, c, n)
     return JSONResponse({"verify": verdict, "entries": entries})
 
@@ -786,9 +795,9 @@ async def api_users(request: Request) -> Response:
         return JSONResponse({"users": [u.public() for u in c.users.list()]})
     c.check_csrf(request, s, None)
     try:
-        body = await request.json()
+        body = await _json_body(request)
         action, name = str(body.get("action", "add")), str(body["name"])
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, E.BadRequestError):
         raise E.BadRequestError('send {"action": "add|disable|enable|passwd", "name": ..., ...} as JSON') from None
     await anyio.to_thread.run_sync(_user_action, c, admin, action, name, str(body.get("role", "")),
                                    str(body.get("password", "")))

@@ -182,3 +182,21 @@ def test_roles(console_only: ConsoleEnv, hanks_png: Path) -> None:
     assert env.request("POST", "/api/v1/login", json.dumps({"username": "alice", "password": PASSWORD}).encode(),
                        {"Content-Type": "application/json"}).status == 401
     assert ("console_user_disabled", "adam") in [(e["event"], e.get("user")) for e in env.audit()]
+
+
+def test_hostile_json_bodies_and_query_values_are_400_not_500(console_env: ConsoleEnv) -> None:
+    env = console_env
+    h = {"Content-Type": "application/json"}
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert env.request("POST", "/api/v1/login", deep, h).status == 400
+    twice = b'{"username": "adam", "username": "alice", "password": "x"}'
+    assert env.request("POST", "/api/v1/login", twice, h).status == 400
+    token = env.login("adam")
+    r = env.request("GET", "/api/v1/audit?limit=nan", token=token)
+    assert r.status == 400 and r.json()["reason"] == "bad_request"
+    dup = (b'{"action": "add", "name": "mallory", "role": "submitter", "password": "' +
+           PASSWORD.encode() + b'", "name": "carol"}')
+    r = env.request("POST", "/api/v1/users", dup, h, token=token)
+    assert r.status == 400, r.text
+    names = [u["name"] for u in env.request("GET", "/api/v1/users", token=token).json()["users"]]
+    assert "mallory" not in names and "carol" not in names
