@@ -45,6 +45,7 @@ def watch(ctx: click.Context, spool: Path, config_file: Path | None, models_dir:
     error.json; status/<job-id>.json follows each job. See docs/watch-folder.md.
     """
     from sealfuse.appliance.audit import AuditError
+    from sealfuse.appliance.errors import ApplianceError
     from sealfuse.appliance.watch.config import load_config
     from sealfuse.appliance.watch.daemon import Daemon, Paths
     from sealfuse.appliance.watch.errors import StartupError
@@ -58,16 +59,19 @@ def watch(ctx: click.Context, spool: Path, config_file: Path | None, models_dir:
     state = state_dir or spool / ".state"
     paths = Paths(spool=spool, state=state, audit=audit_log or state / "audit.jsonl",
                   metrics=metrics_file or state / "sealfuse.prom", tmp_root=tmp_dir or _default_tmp())
-    daemon = Daemon(paths, cfg, models_dir=models_dir, once=once,
-                    worker_command=injected.get("worker_command"))
+    daemon = None
     try:
+        daemon = Daemon(paths, cfg, models_dir=models_dir, once=once,
+                        worker_command=injected.get("worker_command"))
         code = daemon.run()
     except StartupError as exc:
         click.echo(f"sealfuse watch: {exc}", err=True)
-        daemon.close()
+        if daemon is not None:
+            daemon.close()
         sys.exit(exc.exit_code)
-    except (AuditError, OSError) as exc:
+    except (AuditError, ApplianceError, OSError) as exc:  # ApplianceError: a planted link or FIFO
         click.echo(f"sealfuse watch: {exc}", err=True)
-        daemon.close()
+        if daemon is not None:
+            daemon.close()
         sys.exit(EXIT_STARTUP)
     sys.exit(code)

@@ -344,3 +344,19 @@ def test_run_job_refuses_an_unusable_request_without_blocking(tmp_path: Path, ki
     result = CliRunner().invoke(main, ["run-job", "--spool", str(spool), "--job-id", "j1"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_watch_with_a_planted_audit_log_exits_3_without_a_traceback(tmp_path: Path, kind: str) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    audit = tmp_path / "audit.jsonl"
+    if kind == "symlink":
+        audit.symlink_to(tmp_path / "elsewhere.jsonl")
+    else:
+        os.mkfifo(audit)
+    result = CliRunner().invoke(main, ["watch", "--spool", str(spool), "--audit-log", str(audit),
+                                       "--once", "--models-dir", str(tmp_path / "none")])
+    assert result.exit_code == 3, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "elsewhere.jsonl").exists()
