@@ -83,12 +83,12 @@ def last_job(audit_log: Path, tail_bytes: int = 256 << 10) -> dict[str, Any] | N
             lines = f.read().splitlines()
     except (OSError, UnsafePathError):
         return None
-    for raw in reversed(lines):
+    for raw in reversed(lines):  # the service user writes this log: any line may be hostile
         try:
             entry = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        if entry.get("event") in ("done", "failed"):
+        if isinstance(entry, dict) and entry.get("event") in ("done", "failed"):
             return {k: entry.get(k) for k in ("time", "event", "job", "reason", "seconds")
                     if entry.get(k) is not None}
     return None

@@ -360,3 +360,12 @@ def test_watch_with_a_planted_audit_log_exits_3_without_a_traceback(tmp_path: Pa
     assert result.exit_code == 3, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "elsewhere.jsonl").exists()
+
+
+def test_status_last_job_skips_hostile_lines_the_service_user_wrote(tmp_path: Path) -> None:
+    from sealfuse.appliance.doctor import last_job
+
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(b'{"event": "done", "job": "j1", "time": "t"}\n' + b"[1]\n" + b'"x"\n'
+                    + b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    assert last_job(log) == {"event": "done", "job": "j1", "time": "t"}
