@@ -104,7 +104,7 @@ class AuditLog:
                 if tail:
                     try:
                         seq = int(json.loads(tail)["seq"])
-                    except (ValueError, KeyError, TypeError) as exc:
+                    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
                         raise AuditError(f"the last line of {self.path} is not an audit entry",
                                          path=str(self.path)) from exc
                     prev = hashlib.sha256(tail).hexdigest()

@@ -369,3 +369,15 @@ def test_status_last_job_skips_hostile_lines_the_service_user_wrote(tmp_path: Pa
     log.write_bytes(b'{"event": "done", "job": "j1", "time": "t"}\n' + b"[1]\n" + b'"x"\n'
                     + b"[" * 100_000 + b"]" * 100_000 + b"\n")
     assert last_job(log) == {"event": "done", "job": "j1", "time": "t"}
+
+
+@pytest.mark.parametrize("tail", [b'{"seq": 1e400}', b"[" * 100_000 + b"]" * 100_000, b'{"seq": NaN}'])
+def test_appending_after_a_hostile_last_audit_line_is_an_audit_error(tmp_path: Path,
+                                                                     tail: bytes) -> None:
+    from sealfuse.appliance.audit import AuditError, AuditLog
+
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(tail + b"\n")
+    with pytest.raises(AuditError):
+        AuditLog(log).append("install", version="1")
+    assert log.read_bytes() == tail + b"\n"
