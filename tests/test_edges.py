@@ -381,3 +381,23 @@ def test_appending_after_a_hostile_last_audit_line_is_an_audit_error(tmp_path: P
     with pytest.raises(AuditError):
         AuditLog(log).append("install", version="1")
     assert log.read_bytes() == tail + b"\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "deep", "repeated", "symlink"])
+def test_users_cli_refuses_a_hostile_user_store_with_exit_3(tmp_path: Path, kind: str) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    store = state / "users.json"
+    if kind == "fifo":
+        os.mkfifo(store)
+    elif kind == "deep":
+        store.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    elif kind == "repeated":
+        store.write_text('{"users": {"a": {"role": "admin"}, "a": {"role": "submitter"}}}')
+    else:
+        (tmp_path / "other.json").write_text('{"users": {"root": {"role": "admin"}}}')
+        store.symlink_to(tmp_path / "other.json")
+    result = CliRunner().invoke(main, ["users", "list", "--config", str(tmp_path / "none.toml"),
+                                       "--state-dir", str(state), "--json"])
+    assert result.exit_code == 3, result.output
+    assert json.loads(result.stdout)["reason"] == "store_unusable"

@@ -27,7 +27,7 @@ from sealfuse.appliance.console.errors import (
     StoreError,
     UserExistsError,
 )
-from sealfuse.appliance.fsutil import write_atomic
+from sealfuse.appliance.fsutil import read_json_file, write_atomic
 
 ROLES = ("submitter", "reviewer", "auditor", "admin")
 NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
@@ -136,7 +136,8 @@ class UserStore:
             if self._cache and self._cache[0] == key:
                 return self._cache[1]
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            # never through a link, never a FIFO, strict JSON: a repeated user has no one role
+            doc = read_json_file(self.path)
             users = dict(doc["users"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{self.path} is not a console user store: {exc}", path=str(self.path)) from exc
