@@ -35,11 +35,17 @@ JOB_OPTIONS_SCHEMA: dict[str, Any] = {
         "blend_ratio": {"type": "number", "minimum": 0, "maximum": 1},
         "face_mask_types": {"type": "array", "minItems": 1, "uniqueItems": True,
                             "items": {"enum": ["box", "ellipse", "region"]}},
+        # what the region mask keeps (FaceFusion's names; left/right: the subject's own; glasses: parser only)
+        "face_mask_regions": {"type": "array", "minItems": 1, "uniqueItems": True,
+                              "items": {"enum": ["skin", "left-eyebrow", "right-eyebrow", "left-eye", "right-eye",
+                                                 "glasses", "nose", "mouth", "upper-lip", "lower-lip"]}},
         "face_mask_blur": {"type": "number", "minimum": 0, "maximum": 1},
         "face_mask_padding": {"type": "array", "minItems": 4, "maxItems": 4,
                               "items": {"type": "integer", "minimum": 0, "maximum": 100}},
         "face_selector_mode": {"enum": ["many", "one", "reference"]},
         "reference_face_distance": {"type": "number", "minimum": 0, "maximum": 4},
+        # which face of a multi-face source image, counted from the left from 0 (absent: the largest)
+        "source_face_position": {"type": "integer", "minimum": 0},
         "detect_every": {"type": "integer", "minimum": 1, "maximum": 100},
         "output_video_encoder": {"enum": ["libx264", "libx265", "h264_nvenc", "hevc_nvenc"]},
         "output_video_quality": {"type": "integer", "minimum": 0, "maximum": 100},

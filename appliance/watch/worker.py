@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-TUPLE_FIELDS = ("frame_processors", "face_mask_types", "face_mask_padding", "execution_providers")
+TUPLE_FIELDS = ("frame_processors", "face_mask_types", "face_mask_regions", "face_mask_padding",
+                "execution_providers")
 
 
 def harden_process() -> None:
