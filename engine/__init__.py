@@ -14,6 +14,7 @@ _SURFACE = {
     "Engine": "api",
     "is_video": "api",
     "SwapOptions": "options",
+    "MASK_REGIONS": "options",
     "EngineError": "errors",
     "ProvenanceConfig": "provenance",
     "Provenance": "provenance",

@@ -379,6 +379,9 @@ def options_from_fields(fields: dict[str, list[str]], available: dict[str, list[
         opts["blend_ratio"] = _float(one["blend_ratio"], "blend_ratio")
     if "face_mask_types" in fields:
         opts["face_mask_types"] = list(dict.fromkeys(fields["face_mask_types"]))
+    if "face_mask_regions" in fields and "region" in opts.get("face_mask_types", []):
+        # the form's empty marker field makes "region with no region ticked" an error, not the default
+        opts["face_mask_regions"] = list(dict.fromkeys(v for v in fields["face_mask_regions"] if v))
     if one.get("face_selector_mode"):
         opts["face_selector_mode"] = one["face_selector_mode"]
     if one.get("options"):

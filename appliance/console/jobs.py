@@ -88,7 +88,7 @@ def reason_text(reason: str | None) -> str | None:
 def models_available(models_dir: Path) -> dict[str, list[str]]:
     """Which swapper and enhancer models a job may name: those pinned in models.lock.json (the
     console reads the lock, never a model file), plus swappers that need only starter models."""
-    from sealfuse.engine import CATALOG, read_lock, swapper_names
+    from sealfuse.engine import CATALOG, MASK_REGIONS, read_lock, swapper_names
 
     try:
         lock = read_lock(models_dir) if models_dir.is_dir() else {}
@@ -100,9 +100,12 @@ def models_available(models_dir: Path) -> dict[str, list[str]]:
 
     swappers = [n for n in swapper_names() if present(CATALOG.get(n))]
     enhancers = [s.name for s in CATALOG.values() if s.family in ENHANCER_FAMILIES and present(s)]
-    region = any(s.family == "bisenet" and present(s) for s in CATALOG.values())
+    # the region mask runs on the face parser when present, else on the FaceMesh points (which
+    # do not see glasses)
+    parser = any(s.family == "bisenet" and present(s) for s in CATALOG.values())
     return {"face_swapper_model": ["auto", *swappers], "face_enhancer_model": enhancers,
-            "face_mask_types": ["box", "ellipse", *(["region"] if region else [])],
+            "face_mask_types": ["box", "ellipse", "region"],
+            "face_mask_regions": [r for r in MASK_REGIONS if parser or r != "glasses"],
             "frame_processors": ["face_swapper", *(["face_enhancer"] if enhancers else [])],
             "face_selector_mode": ["many", "one", "reference"]}
 
@@ -120,7 +123,7 @@ def check_options(options: dict[str, Any], available: dict[str, list[str]]) -> d
         if key in options and options[key] not in available[key]:
             raise BadOptionsError(f"{key} {options[key]!r} is not installed on this appliance "
                                   f"(available: {', '.join(available[key]) or 'none'})", option=key)
-    for key in ("face_mask_types", "frame_processors"):
+    for key in ("face_mask_types", "face_mask_regions", "frame_processors"):
         for v in options.get(key, []):
             if v not in available[key]:
                 raise BadOptionsError(f"{key} {v!r} needs a model this appliance lacks", option=key)
