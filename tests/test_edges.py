@@ -401,3 +401,13 @@ def test_users_cli_refuses_a_hostile_user_store_with_exit_3(tmp_path: Path, kind
                                        "--state-dir", str(state), "--json"])
     assert result.exit_code == 3, result.output
     assert json.loads(result.stdout)["reason"] == "store_unusable"
+
+
+@pytest.mark.parametrize("listen", ["nonsense", ":8080", "127.0.0.1:80x"])
+def test_console_listen_override_is_checked_like_the_config(tmp_path: Path, listen: str) -> None:
+    from sealfuse.appliance.console.config import load_config
+    from sealfuse.appliance.console.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        load_config(tmp_path / "none.toml", listen=listen)
+    assert load_config(tmp_path / "none.toml", listen="127.0.0.1:0").host_port == ("127.0.0.1", 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,12 @@ def _check(cfg: ConsoleConfig, path: Path | None) -> None:
                           path=str(path))
     if cfg.mail_to and not (cfg.smtp_host and cfg.mail_from):
         raise ConfigError(f"{path}: notify.mail_to needs notify.smtp_host and notify.mail_from", path=str(path))
+    # --listen overrides the file after the schema: the same pattern applies (an empty host would
+    # bind every interface; a missing port was a ValueError traceback)
+    listen_pattern = CONFIG_SCHEMA["properties"]["console"]["properties"]["listen"]["pattern"]
+    if not re.fullmatch(listen_pattern, cfg.listen):
+        raise ConfigError(f"{path}: listen address {cfg.listen!r} is not HOST:PORT", path=str(path),
+                          listen=cfg.listen)
     _host, port = cfg.host_port
     if not 0 <= port <= 65535:
         raise ConfigError(f"{path}: console.listen port {port} is out of range", path=str(path))
