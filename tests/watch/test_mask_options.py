@@ -11,47 +11,55 @@ from PIL import Image
 from tests.watch.watchlib import WatchEnv, png_variant
 
 
-def _changed_pixels(target: Path, output: Path) -> int:
-    with Image.open(target) as a, Image.open(output) as b:
-        diff = np.abs(np.asarray(a.convert("RGB"), np.int16) - np.asarray(b.convert("RGB"), np.int16))
-    return int((diff.max(axis=2) > 8).sum())
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), np.int16)
 
 
-def test_region_names_and_source_face_position_reach_the_engine(watch_env: WatchEnv) -> None:
+def _changed(a: np.ndarray, b: np.ndarray) -> int:
+    return int((np.abs(a - b).max(axis=2) > 8).sum())
+
+
+def test_region_names_and_source_face_position_reach_the_engine(watch_env: WatchEnv, t1_jpg: Path) -> None:
     env = watch_env
-    env.write_config(extra="\n".join([
-        "[presets.pos]", f'source = "{env.hanks}"', "[presets.pos.options]", "source_face_position = 1",
-        "[presets.first]", f'source = "{env.hanks}"', "[presets.first.options]", "source_face_position = 0"]))
-    for name in ("pos", "first"):
+    # t1.jpg has six faces (positions 0-5 from the left)
+    presets = {"left": 0, "right": 5, "past": 6}
+    env.write_config(extra="\n".join(
+        line for name, pos in presets.items()
+        for line in (f"[presets.{name}]", f'source = "{t1_jpg}"', f"[presets.{name}.options]",
+                     f"source_face_position = {pos}")))
+    targets = {}
+    for i, name in enumerate(presets, start=1):
         (env.inbox / name).mkdir()
-    targets = {name: png_variant(env.hanks, env.inbox / f"{name}.png", i).read_bytes()
-               for i, name in enumerate(("box", "nose", "bad"), start=2)}
-    jobs = {"box": {}, "nose": {"face_mask_types": ["region"], "face_mask_regions": ["nose"]},
+        targets[name] = _pixels(png_variant(env.hanks, env.inbox / name / f"{name}.png", i))
+    jobs = {"box": {"source_face_position": 5},
+            "nose": {"source_face_position": 5, "face_mask_types": ["region"], "face_mask_regions": ["nose"]},
             "bad": {"face_mask_types": ["region"], "face_mask_regions": ["nose", "forehead"]}}
-    for i, (name, options) in enumerate(jobs.items(), start=5):  # a manifest claims its source
-        png_variant(env.hanks, env.inbox / f"src-{name}.png", i)
+    for i, (name, options) in enumerate(jobs.items(), start=5):  # a manifest claims its own source
+        png_variant(t1_jpg, env.inbox / f"src-{name}.png", i)
+        targets[name] = _pixels(png_variant(env.hanks, env.inbox / f"{name}.png", i + 10))
         (env.inbox / f"{name}.job.json").write_text(json.dumps(
             {"version": 1, "source": f"src-{name}.png", "target": f"{name}.png", "options": options}))
-    png_variant(env.hanks, env.inbox / "pos" / "p.png", 11)
-    png_variant(env.hanks, env.inbox / "first" / "f.png", 12)
     proc = env.run_once()
     assert proc.returncode == 0, proc.stdout.decode()[-2000:]
     done, failed = env.done(), env.failed()
     assert set(done) == {"inbox/src-box.png", "inbox/src-nose.png", "inbox/box.png", "inbox/nose.png",
-                         "inbox/box.job.json", "inbox/nose.job.json", "inbox/first/f.png"}
-    # the bad name is refused by the manifest schema, naming the field, and nothing ran
+                         "inbox/box.job.json", "inbox/nose.job.json", "inbox/left/left.png",
+                         "inbox/right/right.png"}
+    # a bad region name is refused by the manifest schema, naming the value, and nothing ran
     bad = failed["inbox/bad.job.json"]
     assert bad["reason"] == "schema_violation" and "forehead" in json.dumps(bad)
+    # a position past the source's faces is the engine's refusal
+    assert failed["inbox/past/past.png"]["reason"] == "no_face_in_source"
+
+    out = {}
+    for name, drop in [("box", "box.job.json"), ("nose", "nose.job.json"),
+                       ("left", "left/left.png"), ("right", "right/right.png")]:
+        res = done[f"inbox/{drop}"]
+        assert res["options"] == jobs.get(name, {"source_face_position": presets.get(name)})
+        out[name] = _pixels(env.spool / "outbox" / res["job_id"] / f"{name}.png")
+    changed = {name: _changed(targets[name], out[name]) for name in out}
     # a nose-only region mask changes far fewer pixels than the box mask of the same swap
-    changed = {}
-    for name in ("box", "nose"):
-        res = done[f"inbox/{name}.job.json"]
-        assert res["options"] == jobs[name]
-        (env.spool / "in.png").write_bytes(targets[name])
-        changed[name] = _changed_pixels(env.spool / "in.png", env.spool / "outbox" / res["job_id"] / f"{name}.png")
-    assert 0 < changed["nose"] < changed["box"] // 3, changed
-    # the preset's source_face_position: 0 picks the one face, 1 finds no second face in the source
-    assert done["inbox/first/f.png"]["options"] == {"source_face_position": 0}
-    pos = failed["inbox/pos/p.png"]
-    assert pos["reason"] == "no_face_in_source", pos
-    assert "1" in pos["message"]
+    assert 0 < changed["nose"] < changed["box"] // 2, changed
+    # the leftmost and the rightmost source faces give different results on the same target
+    assert _changed(out["left"], out["right"]) > 100, changed
