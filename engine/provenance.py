@@ -7,10 +7,12 @@ never holds the source face, a thumbnail, an embedding, or a source or target fi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import io
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -183,6 +185,19 @@ def _algorithm(key: Any) -> str:
     raise ValueError(f"unsupported key type {type(key).__name__} (use Ed25519 or ECDSA P-256)")
 
 
+def _read_small(path: Path, limit: int = 1 << 20) -> bytes:
+    """A key or chain file: a regular file (a FIFO must not block, /dev/zero not run forever),
+    at most `limit` bytes; anything else is an OSError naming why."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data
+
+
 class Sealer:
     """A loaded signing key and certificate chain; signs finished files in place."""
 
@@ -215,11 +230,11 @@ class Sealer:
     @classmethod
     def from_files(cls, key: Path, chain: Path) -> Sealer:
         try:
-            key_pem = Path(key).read_bytes()
+            key_pem = _read_small(Path(key))
         except OSError as exc:
             raise SigningKeyError(f"signing key {key}: cannot read ({exc.strerror})", key=key) from None
         try:
-            chain_pem = Path(chain).read_bytes()
+            chain_pem = _read_small(Path(chain))
         except OSError as exc:
             raise SigningKeyError(f"certificate chain {chain}: cannot read ({exc.strerror})", chain=chain) from None
         return cls(key_pem, chain_pem, origin=f"{key} / {chain}")

@@ -411,3 +411,22 @@ def test_console_listen_override_is_checked_like_the_config(tmp_path: Path, list
     with pytest.raises(ConfigError, match="HOST:PORT"):
         load_config(tmp_path / "none.toml", listen=listen)
     assert load_config(tmp_path / "none.toml", listen="127.0.0.1:0").host_port == ("127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("which", ["key", "chain"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_provenance_key_or_chain_that_is_not_a_regular_file_is_refused(tmp_path: Path, which: str,
+                                                                         kind: str) -> None:
+    pytest.importorskip("numpy")
+    from sealfuse.engine.provenance import Sealer, SigningKeyError
+
+    other = tmp_path / "other.pem"
+    other.write_text("not used\n")
+    path = tmp_path / "p.pem"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path(kind)
+    key, chain = (path, other) if which == "key" else (other, path)
+    with pytest.raises(SigningKeyError, match="not a regular file"):
+        Sealer.from_files(key, chain)
