@@ -138,17 +138,29 @@ def pem_key(key: Any) -> bytes:
                                    serialization.NoEncryption()))
 
 
+def _pem(path: Path) -> bytes:
+    """A PEM file: a regular file of at most 1 MiB (a FIFO or /dev/zero is a ValueError naming it,
+    never a blocked or endless read)."""
+    from sealfuse.verifier.errors import VerificationError
+    from sealfuse.verifier.inputs import read_regular
+
+    try:
+        return read_regular(Path(path), "PEM file", 1 << 20)
+    except VerificationError as exc:
+        raise ValueError(exc.message) from None
+
+
 def load_studio_ca(cert_path: Path, key_path: Path, passphrase: bytes | None = None) -> tuple[Any, Any]:
     """The studio's own CA: it must be a CA, unexpired, and the key must match its certificate."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     try:
-        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        cert = x509.load_pem_x509_certificate(_pem(cert_path))
     except (OSError, ValueError) as exc:
         raise StudioCAError(f"{cert_path}: not a readable PEM certificate ({exc})", path=cert_path) from None
     try:
-        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=passphrase)
+        key = serialization.load_pem_private_key(_pem(key_path), password=passphrase)
     except (OSError, ValueError, TypeError) as exc:
         raise StudioCAError(f"{key_path}: not a readable PEM private key ({exc})", path=key_path) from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -176,8 +188,8 @@ def appliance_files(directory: Path) -> list[Path]:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
-        leaf = x509.load_pem_x509_certificates(chain.read_bytes())[0]
-        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        leaf = x509.load_pem_x509_certificates(_pem(chain))[0]
+        private = serialization.load_pem_private_key(_pem(key), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise BuildError(f"--provenance {directory}: needs readable {CHAIN} and an unencrypted {KEY} ({exc})",
                          path=directory) from None

@@ -430,3 +430,16 @@ def test_a_provenance_key_or_chain_that_is_not_a_regular_file_is_refused(tmp_pat
     key, chain = (path, other) if which == "key" else (other, path)
     with pytest.raises(SigningKeyError, match="not a regular file"):
         Sealer.from_files(key, chain)
+
+
+def test_provenance_pem_inputs_that_are_fifos_are_refused_without_blocking(tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    from sealfuse.bundle.errors import BuildError
+    from sealfuse.bundle.provenance import StudioCAError, appliance_files, load_studio_ca
+
+    os.mkfifo(tmp_path / "chain.pem")
+    os.mkfifo(tmp_path / "signing.key")
+    with pytest.raises(BuildError, match="FIFO"):
+        appliance_files(tmp_path)
+    with pytest.raises(StudioCAError, match="FIFO"):
+        load_studio_ca(tmp_path / "chain.pem", tmp_path / "signing.key")
