@@ -27,7 +27,9 @@ def parse_now(now: dt.datetime | str | None) -> dt.datetime:
 def release_created(layout: Layout, version: str) -> dt.datetime | None:
     """The signed `created` time of an installed release, or None when its manifest is unreadable."""
     try:
-        return Manifest.from_bytes((layout.release(version) / "manifest.json").read_bytes()).created
+        from sealfuse.appliance.fsutil import read_regular_bytes
+
+        return Manifest.from_bytes(read_regular_bytes(layout.release(version) / "manifest.json")).created
     except (OSError, ValueError, VerificationError):
         return None
 

@@ -57,7 +57,9 @@ def console_enabled(layout: Layout) -> bool:
     import tomllib
 
     try:
-        data = tomllib.loads((layout.root / CONSOLE_CONFIG).read_text(encoding="utf-8"))
+        from sealfuse.appliance.fsutil import read_regular_bytes
+
+        data = tomllib.loads(read_regular_bytes(layout.root / CONSOLE_CONFIG, 1 << 20).decode("utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False
     console = data.get("console")

@@ -443,3 +443,17 @@ def test_provenance_pem_inputs_that_are_fifos_are_refused_without_blocking(tmp_p
         appliance_files(tmp_path)
     with pytest.raises(StudioCAError, match="FIFO"):
         load_studio_ca(tmp_path / "chain.pem", tmp_path / "signing.key")
+
+
+def test_installer_reads_of_its_own_files_never_block_on_a_fifo(tmp_path: Path) -> None:
+    from sealfuse.appliance.clock import release_created
+    from sealfuse.appliance.release import Layout
+    from sealfuse.appliance.units import CONSOLE_CONFIG, console_enabled
+
+    layout = Layout(tmp_path)
+    layout.release("1").mkdir(parents=True)
+    os.mkfifo(layout.release("1") / "manifest.json")
+    assert release_created(layout, "1") is None
+    (tmp_path / CONSOLE_CONFIG).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(tmp_path / CONSOLE_CONFIG)
+    assert console_enabled(layout) is False
