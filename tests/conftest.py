@@ -1,13 +1,25 @@
-"""Shared fixtures: the real sample photos shipped in insightface's wheel."""
+"""Shared fixtures: the real sample photos shipped in insightface's wheel, and a umask that no test
+can leak into the next."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Any:
+    """Commands run in-process harden themselves (`run-job` and the worker set umask 0077, as the
+    units do); put the process umask back so a later test's file modes do not depend on order."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
 
 
 def _insightface_images() -> Path:
