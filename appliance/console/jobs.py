@@ -23,7 +23,6 @@ from typing import Any
 
 from sealfuse.appliance.console.errors import (
     BadMediaError,
-    BadOptionsError,
     BadRequestError,
     BadUploadNameError,
     NotFoundError,
@@ -44,7 +43,6 @@ ACTIVE_STATES = ("queued", "running")  # a delete of such a job asks the daemon 
 REF_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ABS_PATH = re.compile(r"(?<![\w.])(/[^\s:'\"]+)")
 FILE_MODE = 0o640  # the daemon reads drops through the producers' group
-ENHANCER_FAMILIES = ("gfpgan", "codeformer", "restoreformer", "gpen")
 FINAL_STATES = ("done", "failed", "removed")
 
 # The failure reasons of docs/watch-folder.md in words a person understands.
@@ -82,52 +80,6 @@ def reason_text(reason: str | None) -> str | None:
     if reason is None:
         return None
     return REASON_TEXT.get(reason, reason.replace("_", " ").capitalize() + ".")
-
-
-# -- models and options ---------------------------------------------------------------------------
-def models_available(models_dir: Path) -> dict[str, list[str]]:
-    """Which swapper and enhancer models a job may name: those pinned in models.lock.json (the
-    console reads the lock, never a model file), plus swappers that need only starter models."""
-    from sealfuse.engine import CATALOG, MASK_REGIONS, read_lock, swapper_names
-
-    try:
-        lock = read_lock(models_dir) if models_dir.is_dir() else {}
-    except Exception:  # noqa: BLE001 - an unusable lock offers only the starter models
-        lock = {}
-
-    def present(spec: Any) -> bool:
-        return bool(spec is None or spec.packaged or spec.sha256 or spec.file in lock)
-
-    swappers = [n for n in swapper_names() if present(CATALOG.get(n))]
-    enhancers = [s.name for s in CATALOG.values() if s.family in ENHANCER_FAMILIES and present(s)]
-    # the region mask runs on the face parser when present, else on the FaceMesh points (which
-    # do not see glasses)
-    parser = any(s.family == "bisenet" and present(s) for s in CATALOG.values())
-    return {"face_swapper_model": ["auto", *swappers], "face_enhancer_model": enhancers,
-            "face_mask_types": ["box", "ellipse", "region"],
-            "face_mask_regions": [r for r in MASK_REGIONS if parser or r != "glasses"],
-            "frame_processors": ["face_swapper", *(["face_enhancer"] if enhancers else [])],
-            "face_selector_mode": ["many", "one", "reference"]}
-
-
-def check_options(options: dict[str, Any], available: dict[str, list[str]]) -> dict[str, Any]:
-    """The job options checked against the daemon's schema and the models present here."""
-    from sealfuse.appliance.watch.config import JOB_OPTIONS_SCHEMA, validate
-
-    if not isinstance(options, dict):
-        raise BadOptionsError("options must be a JSON object")
-    problems = validate(options, JOB_OPTIONS_SCHEMA)
-    if problems:
-        raise BadOptionsError(f"invalid options: {problems[0]}", problems=problems[:10])
-    for key in ("face_swapper_model", "face_enhancer_model"):
-        if key in options and options[key] not in available[key]:
-            raise BadOptionsError(f"{key} {options[key]!r} is not installed on this appliance "
-                                  f"(available: {', '.join(available[key]) or 'none'})", option=key)
-    for key in ("face_mask_types", "face_mask_regions", "frame_processors"):
-        for v in options.get(key, []):
-            if v not in available[key]:
-                raise BadOptionsError(f"{key} {v!r} needs a model this appliance lacks", option=key)
-    return options
 
 
 # -- records ----------------------------------------------------------------------------------------
