@@ -121,7 +121,7 @@ CANCEL_SCHEMA: dict[str, Any] = {
     "oneOf": [{"required": ["job_id"]}, {"required": ["client_ref"]}],
 }
 
-# [dispatch.slurm]: see sealfuse.appliance.watch.slurm.SlurmSettings and docs/cluster.md.
+# [dispatch.slurm]: see sealfuse.appliance.watch.slurm_cli.SlurmSettings and docs/cluster.md.
 SLURM_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.:,=+-]{1,128}$"}
 SLURM_SCHEMA: dict[str, Any] = {
     "type": "object",

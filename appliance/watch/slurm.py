@@ -16,8 +16,6 @@ import json
 import math
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,81 +27,19 @@ from sealfuse.appliance.fsutil import write_json_atomic
 from sealfuse.appliance.runjob import REQUEST_VERSION, job_dir
 from sealfuse.appliance.watch import errors
 from sealfuse.appliance.watch.dispatch import Dispatcher, DispatchEvent, JobRequest, Placement
-
-# Slurm's long state names -> what they mean for a sealfuse job.
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
-          "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
-          "RESV_DEL_HOLD", "SPECIAL_EXIT", "UNKNOWN_ACTIVE"}
-TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "CANCELLED",
-            "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED"}
-# Lost runs: the job itself did not fail; the run was taken away. `retry_on` names which of these
-# are resubmitted (up to `retries` times).
-LOST_KINDS = ("node_fail", "preempted", "cancelled", "killed")
-COMMANDS = ("sbatch", "squeue", "scontrol", "scancel")  # required; sacct is used when it answers
-LOG_TAIL = 2000
-
-
-class SlurmNodeFailError(errors.JobError):
-    """The node running the job failed (Slurm NODE_FAIL or BOOT_FAIL) and no retry was left."""
-
-    reason = "node_fail"
-
-
-class SlurmPreemptedError(errors.JobError):
-    """Slurm preempted the job and no retry was left."""
-
-    reason = "preempted"
-
-
-class SlurmCancelledError(errors.JobError):
-    """The Slurm job was cancelled outside sealfuse (scancel) and no retry was left."""
-
-    reason = "cancelled"
-
-
-class SlurmJobFailedError(errors.JobError):
-    """The batch step ended without committing a result and without an engine error (for example
-    `sealfuse run-job` is missing on the node or the spool is not mounted there)."""
-
-    reason = "slurm_failed"
-
-
-class SlurmSubmitError(errors.JobError):
-    """sbatch refused the job (bad partition, account, GRES...) or the controller stayed unreachable."""
-
-    reason = "submit_failed"
-
-
-@dataclass(frozen=True)
-class SlurmSettings:
-    """`[dispatch.slurm]` of the watch config (docs/cluster.md)."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gres: str | None = None  # per job, e.g. "gpu:1"
-    cpus_per_task: int | None = None
-    mem_mb: int | None = None
-    time_limit_minutes: int | None = None  # default: job_timeout_seconds rounded up to minutes
-    extra_args: tuple[str, ...] = ()
-    max_jobs: int = 32  # Slurm jobs in flight at once
-    retries: int = 1  # resubmissions of a lost run
-    retry_on: tuple[str, ...] = ("node_fail", "preempted")
-    poll_seconds: float = 2.0
-    submit_timeout_seconds: float = 600.0  # sbatch failing this long fails the job (submit_failed)
-    command: tuple[str, ...] = ()  # sealfuse on the nodes; default: this release's interpreter
-    node_tmp_dir: str | None = None  # run-job's scratch on the node; default $TMPDIR or /tmp
-    bin_dir: str | None = None  # where sbatch & co. live; default: $PATH
-    job_name_prefix: str = "sealfuse"
-    command_timeout_seconds: float = 20.0
-
-    @classmethod
-    def from_table(cls, table: dict[str, Any]) -> SlurmSettings:
-        data = dict(table)
-        for key in ("extra_args", "retry_on", "command"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+from sealfuse.appliance.watch.slurm_cli import (
+    COMMANDS,
+    TERMINAL,
+    SlurmCancelledError,
+    SlurmCommands,
+    SlurmJobFailedError,
+    SlurmNodeFailError,
+    SlurmPreemptedError,
+    SlurmSettings,
+    SlurmSubmitError,
+    signal_of,
+    tail_of,
+)
 
 
 @dataclass
@@ -132,7 +68,7 @@ class Tracked:
         return self.slurm_ids[-1] if self.slurm_ids else None
 
 
-class SlurmDispatcher(Dispatcher):
+class SlurmDispatcher(SlurmCommands, Dispatcher):
     """Runs each job as `sbatch ... sealfuse run-job --spool SPOOL --job-id ID`."""
 
     backend = "slurm"
@@ -153,76 +89,6 @@ class SlurmDispatcher(Dispatcher):
         self._events: list[DispatchEvent] = []
         self._next_poll = 0.0
         self._sacct_ok: bool | None = None  # None: not asked yet; False: no accounting here
-
-    # ------------------------------------------------------------------ commands
-    def _exe(self, name: str) -> str:
-        if self.s.bin_dir:
-            return str(Path(self.s.bin_dir) / name)
-        return shutil.which(name, path=self.env.get("PATH")) or name
-
-    def _run(self, name: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a Slurm client command; a failure (exit status, timeout, missing binary) is counted."""
-        try:
-            r = subprocess.run([self._exe(name), *args], input=stdin, capture_output=True, text=True,
-                               env=self.env, timeout=self.s.command_timeout_seconds)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self._command_error(name)
-            return subprocess.CompletedProcess([name, *args], 127, "", str(exc))
-        if r.returncode != 0:
-            self._command_error(name)
-        return r
-
-    def _command_error(self, name: str) -> None:
-        if self.metrics is not None:
-            self.metrics.slurm_errors.labels(name).inc()
-
-    def _listing(self) -> dict[str, tuple[str, str, str]] | None:
-        """Slurm job id -> (state, nodes, reason) for this user's jobs; None if squeue failed."""
-        r = self._run("squeue", "--me", "-h", "-t", "all", "-o", "%i|%T|%N|%r")
-        if r.returncode != 0:
-            return None
-        out = {}
-        for line in r.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 4:
-                out[parts[0]] = (parts[1], parts[2], parts[3])
-        return out
-
-    def _show(self, slurm_id: str) -> dict[str, str]:
-        r = self._run("scontrol", "-o", "show", "job", slurm_id)
-        if r.returncode != 0:
-            return {}
-        fields = {}
-        for tok in r.stdout.split():
-            key, sep, value = tok.partition("=")
-            if sep:
-                fields.setdefault(key, value)
-        return fields
-
-    def _sacct(self, slurm_id: str) -> tuple[str, str, str] | None:
-        """(state, exit code, nodes) of a finished job from Slurm's accounting (slurmdbd), for jobs
-        slurmctld has already forgotten (MinJobAge); None without accounting or a record."""
-        if self._sacct_ok is False or not slurm_id:
-            return None
-        try:
-            r = subprocess.run([self._exe("sacct"), "-n", "-P", "-X", "-j", slurm_id, "-o",
-                                "JobIDRaw,State,ExitCode,NodeList"], capture_output=True, text=True,
-                               env=self.env, timeout=self.s.command_timeout_seconds)
-        except (OSError, subprocess.TimeoutExpired):
-            self._sacct_ok = False
-            return None
-        if r.returncode != 0:
-            if "disabled" in r.stderr.lower() or "accounting_storage/none" in r.stderr.lower():
-                self._sacct_ok = False  # no slurmdbd on this cluster: squeue/scontrol only
-            else:
-                self._command_error("sacct")
-            return None
-        self._sacct_ok = True
-        for line in r.stdout.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 4 and parts[0] == slurm_id:
-                return parts[1].split()[0].rstrip("+"), parts[2], parts[3]
-        return None
 
     # ------------------------------------------------------------------ Dispatcher
     def start(self) -> None:
@@ -535,10 +401,10 @@ class SlurmDispatcher(Dispatcher):
             self._lost(job_id, t, "preempted", evidence)
         elif state == "CANCELLED":
             self._lost(job_id, t, "cancelled", evidence)
-        elif state == "FAILED" and _signal_of(exit_code):
-            self._lost(job_id, t, "killed", {**evidence, "signal": _signal_of(exit_code)})
+        elif state == "FAILED" and signal_of(exit_code):
+            self._lost(job_id, t, "killed", {**evidence, "signal": signal_of(exit_code)})
         else:
-            log = _tail(job_dir(self.spool, job_id) / f"slurm-{t.slurm_id}.out")
+            log = tail_of(job_dir(self.spool, job_id) / f"slurm-{t.slurm_id}.out")
             what = ("completed without committing a result" if state == "COMPLETED"
                     else f"ended {state} (exit {exit_code or 'unknown'})")
             self._fail(job_id, SlurmJobFailedError(f"the Slurm job {what}", log_tail=log, **evidence))
@@ -571,22 +437,6 @@ class SlurmDispatcher(Dispatcher):
         self.jobs.pop(job_id, None)
         self._mark_reported(job_id)
         self._events.append(DispatchEvent("failed", job_id, error=err))
-
-
-def _signal_of(exit_code: str) -> int:
-    """scontrol's ExitCode=<status>:<signal> -> the signal (0: none)."""
-    _, _, sig = exit_code.partition(":")
-    return int(sig) if sig.isdigit() else 0
-
-
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - LOG_TAIL))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _claimed_time(spool: Path, job_id: str) -> float | None:
