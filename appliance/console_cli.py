@@ -12,8 +12,9 @@ import click
 from sealfuse.appliance.console.config import DEFAULT_CONFIG, load_config
 from sealfuse.appliance.console.errors import EXIT_CODES, BadPasswordError, ConsoleError, ServeError
 from sealfuse.appliance.console.users import MAX_PASSWORD, ROLES
+from sealfuse.verifier.errors import exit_code_help
 
-EPILOG = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+EPILOG = exit_code_help(EXIT_CODES)
 CONFIG_HELP = f"Console config (TOML). Default: {DEFAULT_CONFIG}; a missing file means the defaults."
 
 

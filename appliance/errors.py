@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sealfuse.verifier.errors import ErrorFields
+from sealfuse.verifier.errors import ErrorFields, exit_code_help
 
 # Outcomes that are not errors (or not one error), named so that no CLI code holds a number.
 EXIT_OK = 0
@@ -197,11 +197,6 @@ AUDIT_VERIFY_EXIT_CODES = {
 }
 
 
-def exit_code_help(table: dict[int, str]) -> str:
-    """The table as text, one code a line."""
-    return "\n".join(f"{code:>3}  {text}" for code, text in sorted(table.items()))
-
-
 def epilog(table: dict[int, str]) -> str:
-    """A click epilog listing `table` (\\b keeps click from rewrapping it)."""
-    return "Exit codes:\n\n\b\n" + exit_code_help(table)
+    """A click epilog listing `table` (the verifier's one formatter)."""
+    return exit_code_help(table)

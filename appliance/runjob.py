@@ -24,6 +24,7 @@ import click
 
 from sealfuse.appliance.fsutil import read_json_file
 from sealfuse.appliance.watch.errors import JobError
+from sealfuse.verifier.errors import exit_code_help
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 REQUEST_VERSION = 1
@@ -57,7 +58,7 @@ class RequestError(RunJobError):
 
 
 def _epilog() -> str:
-    return "\b\nExit codes:\n" + "\n".join(f"  {c}  {t}" for c, t in sorted(EXIT_CODES.items()))
+    return exit_code_help(EXIT_CODES)
 
 
 def job_dir(spool: Path, job_id: str) -> Path:

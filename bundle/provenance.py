@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from sealfuse.bundle.errors import BundleError
-from sealfuse.verifier.errors import exit_code_table
+from sealfuse.verifier.errors import exit_code_help, exit_code_table
 
 CA_DAYS = 3650
 APPLIANCE_DAYS = 397  # about 13 months: rotate yearly with a new bundle, one month of overlap
@@ -264,7 +264,7 @@ def init(out_dir: Path, *, organization: str, appliance: str, alg: str = "ed2551
                       cert.not_valid_after_utc.isoformat(), alg)
 
 
-_EPILOG = "\b\nExit codes:\n" + "\n".join(f"{c:>3}  {t}" for c, t in sorted(INIT_EXIT_CODES.items()))
+_EPILOG = exit_code_help(INIT_EXIT_CODES)
 
 
 @click.command("init", epilog=_EPILOG, context_settings={"max_content_width": 100})

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from sealfuse.verifier.errors import VerificationError, exit_code_table
+from sealfuse.verifier.errors import VerificationError, exit_code_help, exit_code_table
 
 ASSERTION_LABEL = "org.sealfuse.swap"
 EDIT_ACTIONS = ("c2pa.edited", "c2pa.edited.metadata", "c2pa.created")
@@ -241,7 +241,7 @@ def _summarise(path: Path, store: dict[str, Any], anchors: str | None) -> Creden
     return creds
 
 
-_EPILOG = "\b\nExit codes:\n" + "\n".join(f"{c:>3}  {t}" for c, t in sorted(EXIT_CODES.items()))
+_EPILOG = exit_code_help(EXIT_CODES)
 
 
 @click.command("verify", epilog=_EPILOG, context_settings={"max_content_width": 100})

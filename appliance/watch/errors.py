@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sealfuse.verifier.errors import exit_code_help
+
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_CONFIG = 2
@@ -294,5 +296,4 @@ class WorkerLoadError(StartupError):
 
 def exit_codes_epilog() -> str:
     """The `--help` epilog listing every exit code of `sealfuse watch`."""
-    lines = ["Exit codes:"] + [f"  {code}  {text}" for code, text in sorted(EXIT_CODES.items())]
-    return "\b\n" + "\n".join(lines)
+    return exit_code_help(EXIT_CODES)
