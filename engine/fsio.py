@@ -6,6 +6,7 @@ Every output the engine writes (images, videos, model pins) ends in `commit_part
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -65,3 +66,14 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644,
         tmp.unlink(missing_ok=True)
         raise
     return commit_partial(tmp, path, before_commit)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex of a file's bytes, read in `chunk`-sized pieces (models, outputs, wheels)."""
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()

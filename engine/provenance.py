@@ -8,7 +8,6 @@ never holds the source face, a thumbnail, an embedding, or a source or target fi
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib.metadata
 import io
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sealfuse.engine.errors import EXIT_PROVENANCE, EngineError
+from sealfuse.engine.fsio import sha256_file
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
 ASSERTION_LABEL = "org.sealfuse.swap"
@@ -340,11 +340,3 @@ class Provenance:
             report["output_sha256"] = sha256_file(tmp)
 
         return seal
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

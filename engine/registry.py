@@ -10,7 +10,6 @@ a missing or altered file is an error that names the file and what to do.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import threading
@@ -27,7 +26,7 @@ from sealfuse.engine.errors import (
     ModelMissingError,
     ModelSignatureError,
 )
-from sealfuse.engine.fsio import atomic_write_bytes
+from sealfuse.engine.fsio import atomic_write_bytes, sha256_file
 from sealfuse.engine.onnxinfo import GraphIO, OnnxFormatError, read_io
 from sealfuse.engine.providers import ProviderConfig, session_options
 from sealfuse.engine.swappers import swapper_specs
@@ -93,16 +92,6 @@ CATALOG.update((s.name, s) for s in swapper_specs())
 
 FAMILY_DEFAULTS = {"inswapper": "inswapper_128", "arcface": "arcface_w600k_r50",
                    "scrfd": "scrfd_10g", "gfpgan": "gfpgan_1.4", "bisenet": "bisenet_resnet_34"}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        buf = bytearray(chunk)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

